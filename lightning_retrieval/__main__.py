@@ -1,0 +1,3 @@
+from lightning_retrieval.cli import main
+
+main()

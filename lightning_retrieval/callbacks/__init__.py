@@ -1,0 +1,7 @@
+"""Lightning callbacks (registry kind ``callbacks``)."""
+
+from lightning_retrieval.callbacks.base import RetrievalCallback
+from lightning_retrieval.callbacks.prediction_writer import TopKPredictionWriter
+from lightning_retrieval.callbacks.retrieval_evaluation import RetrievalEvaluation
+
+__all__ = ["RetrievalCallback", "RetrievalEvaluation", "TopKPredictionWriter"]

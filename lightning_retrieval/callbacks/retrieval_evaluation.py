@@ -1,0 +1,106 @@
+"""FAISS evaluation at the end of every validation epoch and of ``test``."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from jsonargparse import lazy_instance
+
+from lightning_retrieval.callbacks.base import RetrievalCallback
+from lightning_retrieval.callbacks.result_card import write_result_card
+from lightning_retrieval.data.preparation import _take_rows
+from lightning_retrieval.registry import register
+from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
+from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+
+
+@register("retrieval_evaluation")
+class RetrievalEvaluation(RetrievalCallback):
+    """Embed the corpus, build the index, retrieve for every evaluated user, log metrics and the protocol.
+
+    Metrics are logged as ``<stage>/<metric>@<k>`` (``val`` or ``test``) through ``LightningModule.log``,
+    so every configured logger (CSV, TensorBoard, W&B) receives them; the protocol (split, k, index type,
+    corpus size, excluded items, masked users) is logged as ``<stage>/protocol/*`` where numeric and written
+    with the metrics into ``result_card_<stage>.{json,md}`` in the run directory.
+
+    Args:
+        ks: cut-offs.
+        metrics: metric registry names.
+        index: index backend (``exact`` default; ``hnsw``, ``ivfpq``).
+        batch_size: users per search batch (does not change results).
+        corpus_batch_size: items per item-tower batch when embedding the corpus.
+        result_card: write the result card files.
+    """
+
+    def __init__(
+        self,
+        ks: list[int] = [10, 20, 50, 100],  # noqa: B006
+        metrics: list[str] = list(DEFAULT_METRICS),  # noqa: B006
+        index: IndexBackend = lazy_instance(ExactIndex),
+        batch_size: int = 1024,
+        corpus_batch_size: int = 8192,
+        result_card: bool = True,
+    ):
+        super().__init__()
+        self.evaluator = RetrievalEvaluator(ks, metrics, batch_size)
+        self.index = index
+        self.corpus_batch_size = corpus_batch_size
+        self.result_card = result_card
+        self.last_result = None
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._reset()
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._collect(outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._collect(outputs)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._evaluate(trainer, pl_module, "test")
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        datamodule = trainer.datamodule
+        eval_set = datamodule.evaluation_set(stage)
+        rows, user_vectors = self._gathered(trainer, pl_module)
+        targets, exclude = eval_set.targets, eval_set.exclude
+        if len(rows) < len(eval_set):  # e.g. limit_val_batches: evaluate the users that were embedded
+            targets, exclude = _take_rows(targets, rows), _take_rows(exclude, rows)
+        item_vectors = self.corpus_vectors(trainer, pl_module, stage, self.corpus_batch_size)
+        self.index.build(item_vectors)
+        result = self.evaluator.evaluate(
+            self.index, user_vectors, targets, exclude, datamodule.item_topics(), item_vectors
+        )
+        result.protocol.update({
+            "stage": stage,
+            "split": datamodule.split,
+            "users_in_stage": len(eval_set),
+            "exclude_seen": datamodule.exclude_seen,
+            "max_history": datamodule.max_history,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+        })
+        self.last_result = result
+        for name, value in result.metrics.items():
+            pl_module.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=True)
+        for name in ("corpus_size", "evaluated_users", "masked_users", "excluded_items_total", "exact", "seconds"):
+            pl_module.log(f"{stage}/protocol/{name}", float(result.protocol[name]), rank_zero_only=True)
+        if self.result_card and trainer.is_global_zero:
+            card = {
+                "model": type(pl_module).__name__,
+                "stage": stage,
+                "metrics": result.metrics,
+                "protocol": result.protocol,
+                "data": datamodule.describe(),
+                "eval_report": eval_set.report,
+            }
+            write_result_card(self.run_dir(trainer), stage, card)
+        self._reset()

@@ -1,0 +1,13 @@
+"""Imports every built-in component module so that each registered subclass is known to the registry."""
+
+import lightning_retrieval.callbacks.prediction_writer  # noqa: F401
+import lightning_retrieval.callbacks.retrieval_evaluation  # noqa: F401
+import lightning_retrieval.data.negatives  # noqa: F401
+import lightning_retrieval.data.sources  # noqa: F401
+import lightning_retrieval.losses.sampled_softmax  # noqa: F401
+import lightning_retrieval.metrics.library  # noqa: F401
+import lightning_retrieval.models.crossing.mlp  # noqa: F401
+import lightning_retrieval.models.towers  # noqa: F401
+import lightning_retrieval.retrieval.index  # noqa: F401
+import lightning_retrieval.tasks.popularity  # noqa: F401
+import lightning_retrieval.tasks.two_tower  # noqa: F401

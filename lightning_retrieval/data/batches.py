@@ -1,0 +1,118 @@
+"""Batch construction by vectorised gathers; datasets return whole batches via ``__getitems__``.
+
+Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
+    user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), user_dense [B, Fu],
+    item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
+    optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lightning_retrieval.data.negatives import NegativeSampler
+from lightning_retrieval.data.preparation import EvaluationSet, PreparedData
+
+
+class BatchBuilder:
+    """Turns interaction / user / item indices into model-ready tensors."""
+
+    def __init__(self, data: PreparedData, max_history: int, item_counts: np.ndarray):
+        if max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {max_history}")
+        self.max_history = max_history
+        self.user_offsets = torch.from_numpy(data.user_offsets)
+        self.inter_user = torch.from_numpy(data.user)
+        self.inter_item = torch.from_numpy(data.item)
+        self.topic_offsets = torch.from_numpy(data.item_topics.offsets)
+        self.topic_values = torch.from_numpy(data.item_topics.values)
+        self.item_dense = torch.from_numpy(data.item_dense)
+        self.user_dense = torch.from_numpy(data.user_dense)
+        self.item_counts = item_counts
+        total = max(int(item_counts.sum()), 1)
+        # log of the in-batch sampling probability (data distribution); unseen items get half a count
+        self.item_log_q = torch.from_numpy(np.log(np.maximum(item_counts, 0.5) / total)).float()
+
+    def history(self, users: torch.Tensor, cutoff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to L items each user interacted with before interaction ``cutoff``: ``[B, L]`` ids and mask."""
+        positions = cutoff[:, None] - self.max_history + torch.arange(self.max_history)
+        mask = positions >= self.user_offsets[users][:, None]
+        items = torch.where(mask, self.inter_item[positions.clamp(min=0)], torch.zeros((), dtype=torch.long))
+        return items, mask
+
+    def item_features(self, items: torch.Tensor, prefix: str = "item") -> dict[str, torch.Tensor]:
+        starts, ends = self.topic_offsets[items], self.topic_offsets[items + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        gather = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(total)
+        return {
+            prefix: items,
+            f"{prefix}_topics": self.topic_values[gather],
+            f"{prefix}_topic_lengths": lengths,
+            f"{prefix}_dense": self.item_dense[items],
+        }
+
+    def user_features(self, users: torch.Tensor, cutoff: torch.Tensor) -> dict[str, torch.Tensor]:
+        history, mask = self.history(users, cutoff)
+        return {"user": users, "history": history, "history_mask": mask, "user_dense": self.user_dense[users]}
+
+
+def _identity(batch):
+    return batch
+
+
+class TrainingExamples(Dataset):
+    """(history before t, user features) -> item at t, for every training interaction."""
+
+    def __init__(self, builder: BatchBuilder, indices: np.ndarray, sampler: NegativeSampler | None, seed: int):
+        self.builder = builder
+        self.indices = torch.from_numpy(indices)
+        self.sampler = sampler
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = self.indices[torch.as_tensor(positions)]
+        users = self.builder.inter_user[idx]
+        targets = self.builder.inter_item[idx]
+        batch = self.builder.user_features(users, idx)
+        batch.update(self.builder.item_features(targets))
+        batch["item_log_q"] = self.builder.item_log_q[targets]
+        if self.sampler is not None:
+            neg, neg_log_q = self.sampler.sample(self.builder.item_counts, self.generator)
+            batch.update(self.builder.item_features(neg, prefix="neg_item"))
+            batch["neg_log_q"] = neg_log_q
+        return batch
+
+
+class EvaluationUsers(Dataset):
+    """One row per evaluated user: their features at the cutoff and their first target (for the loss)."""
+
+    def __init__(self, builder: BatchBuilder, eval_set: EvaluationSet):
+        self.builder = builder
+        self.eval_set = eval_set
+        self.users = torch.from_numpy(eval_set.users)
+        self.cutoff = torch.from_numpy(eval_set.cutoff)
+        self.has_targets = eval_set.targets.values.size > 0
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(positions, dtype=torch.long)
+        batch = self.builder.user_features(self.users[rows], self.cutoff[rows])
+        batch["eval_row"] = rows
+        if self.has_targets:
+            first_target = self.builder.inter_item[self.cutoff[rows]]
+            batch.update(self.builder.item_features(first_target))
+            batch["item_log_q"] = self.builder.item_log_q[first_target]
+        return batch
+
+
+def collate_batch(batch):
+    """Datasets above already return whole batches; the DataLoader's collate step is the identity."""
+    return _identity(batch)

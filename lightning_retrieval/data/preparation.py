@@ -1,0 +1,319 @@
+"""Vectorised preparation: id remapping, time ordering, temporal splits, evaluation sets.
+
+Everything is numpy/pandas column arithmetic (sorts, bincounts, searchsorted); there is no per-user
+Python loop, so preparation stays linear-ish in the number of interactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from lightning_retrieval.data.schema import DataValidationError, RawInteractions, validate
+
+TRAIN, VAL, TEST = 0, 1, 2
+STAGE_CODES = {"val": VAL, "validate": VAL, "test": TEST}
+SplitName = Literal["leave_last_out", "global_time"]
+
+
+@dataclass
+class CSR:
+    """Rows of variable-length integer lists: row ``r`` is ``values[offsets[r]:offsets[r+1]]``."""
+
+    offsets: np.ndarray  # [R + 1] int64
+    values: np.ndarray  # [nnz] int64
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, r: int) -> np.ndarray:
+        return self.values[self.offsets[r] : self.offsets[r + 1]]
+
+    def row_ids(self) -> np.ndarray:
+        """Row index of every value, ``[nnz]``."""
+        return np.repeat(np.arange(self.num_rows), self.lengths)
+
+    @staticmethod
+    def from_sorted_pairs(rows: np.ndarray, values: np.ndarray, num_rows: int) -> "CSR":
+        """Build from (row, value) pairs already sorted by row."""
+        offsets = np.zeros(num_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=num_rows), out=offsets[1:])
+        return CSR(offsets, values.astype(np.int64, copy=False))
+
+    @staticmethod
+    def from_pairs_unique(rows: np.ndarray, values: np.ndarray, num_rows: int, num_values: int) -> "CSR":
+        """Distinct (row, value) pairs, sorted by row then value."""
+        keys = np.unique(rows.astype(np.int64) * num_values + values.astype(np.int64))
+        return CSR.from_sorted_pairs(keys // num_values, keys % num_values, num_rows)
+
+    def keys(self, num_values: int) -> np.ndarray:
+        """Sorted ``row * num_values + value`` keys (rows sorted by value), for vectorised membership tests."""
+        return self.row_ids().astype(np.int64) * num_values + self.values
+
+
+@dataclass
+class EvaluationSet:
+    """Who is evaluated in a stage, on what history, against which targets.
+
+    Row ``e`` is user ``users[e]``; their history is the interactions ``[history_start[e], cutoff[e])`` of
+    the time-sorted table (everything before their first target interaction), ``targets`` the distinct
+    items they interacted with in the stage, ``exclude`` the distinct items in their history.
+    """
+
+    stage: str
+    users: np.ndarray
+    history_start: np.ndarray
+    cutoff: np.ndarray
+    targets: CSR
+    exclude: CSR
+    report: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def history_length(self) -> np.ndarray:
+        return self.cutoff - self.history_start
+
+
+@dataclass
+class PreparedData:
+    """Interactions sorted by (user, timestamp, input row), with dense ids and split labels."""
+
+    user_ids: np.ndarray  # original ids, [U]
+    item_ids: np.ndarray  # original ids, [N]
+    topic_names: np.ndarray  # [T]
+    item_topics: CSR  # topics of each item, [N] rows
+    item_dense: np.ndarray  # [N, Fi] float32
+    user_dense: np.ndarray  # [U, Fu] float32
+    user: np.ndarray  # [M] int64
+    item: np.ndarray  # [M] int64
+    timestamp: np.ndarray  # [M] float64
+    split: np.ndarray  # [M] int8: 0 train, 1 validation, 2 test
+    user_offsets: np.ndarray  # [U + 1]
+    report: dict
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def num_topics(self) -> int:
+        return len(self.topic_names)
+
+    def item_counts(self, before_split: int) -> np.ndarray:
+        """Interactions per item among those with split < ``before_split``, ``[N]`` (no later data)."""
+        mask = self.split < before_split
+        return np.bincount(self.item[mask], minlength=self.num_items)
+
+    def train_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.split == TRAIN)
+
+
+def prepare(
+    raw: RawInteractions,
+    split: SplitName = "leave_last_out",
+    val_items: int = 1,
+    test_items: int = 1,
+    val_time: float = 0.8,
+    test_time: float = 0.9,
+    min_rating: float | None = None,
+    sequence_column: str | None = None,
+) -> PreparedData:
+    """Validate, filter, remap and split raw tables.
+
+    Args:
+        split: ``leave_last_out``: each user's last ``test_items`` interactions are the test split and the
+            ``val_items`` before them validation. ``global_time``: one time cut for everyone; ``val_time`` and
+            ``test_time`` are quantiles of the timestamps if in (0, 1), else absolute timestamps.
+        min_rating: implicit-feedback threshold: keep interactions with ``rating >= min_rating``.
+    """
+    validate(raw, sequence_column=sequence_column)
+    inter = raw.interactions
+    report: dict = {"dataset": raw.name, "rows_in": int(len(inter))}
+    if min_rating is not None:
+        if "rating" not in inter.columns:
+            raise DataValidationError(
+                f"min_rating={min_rating} needs a rating column; interactions columns: {list(inter.columns)}"
+            )
+        keep = inter["rating"].to_numpy() >= min_rating
+        report["rows_below_min_rating"] = int((~keep).sum())
+        inter = inter[keep]
+        if len(inter) == 0:
+            raise DataValidationError(f"no interaction has rating >= {min_rating}")
+
+    # ---- id remapping (hash-based, vectorised) ----
+    if raw.items is not None:
+        item_ids = raw.items["item_id"].to_numpy()
+    else:
+        item_ids = pd.unique(inter["item_id"].to_numpy())
+    order = np.argsort(item_ids, kind="stable")
+    item_ids = item_ids[order]
+    item_index = pd.Index(item_ids)
+    item = item_index.get_indexer(inter["item_id"].to_numpy())
+    if (item < 0).any():  # only possible if validation was bypassed
+        raise DataValidationError("interactions reference unknown item ids")
+    user_codes, user_ids = pd.factorize(inter["user_id"].to_numpy(), sort=True)
+    user_ids = np.asarray(user_ids)
+    timestamp = inter["timestamp"].to_numpy(dtype=np.float64)
+    row = np.arange(len(inter))
+
+    # ---- sort by (user, timestamp, input row): ties keep the input order ----
+    perm = np.lexsort((row, timestamp, user_codes))
+    user = user_codes[perm].astype(np.int64)
+    item = item[perm].astype(np.int64)
+    timestamp = timestamp[perm]
+    num_users = len(user_ids)
+    counts = np.bincount(user, minlength=num_users)
+    user_offsets = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=user_offsets[1:])
+
+    # ---- temporal split ----
+    split_labels = np.zeros(len(user), dtype=np.int8)
+    if split == "leave_last_out":
+        if val_items < 0 or test_items < 1:
+            raise ValueError(f"leave_last_out needs test_items >= 1 and val_items >= 0, got {test_items}, {val_items}")
+        from_end = user_offsets[user + 1] - 1 - np.arange(len(user))
+        long_enough = counts[user] > val_items + test_items  # at least one training interaction remains
+        split_labels[long_enough & (from_end < test_items)] = TEST
+        split_labels[long_enough & (from_end >= test_items) & (from_end < test_items + val_items)] = VAL
+        report["users_too_short_for_evaluation"] = int((counts <= val_items + test_items).sum())
+    elif split == "global_time":
+        cuts = []
+        for value in (val_time, test_time):
+            cuts.append(float(np.quantile(timestamp, value)) if 0.0 < value < 1.0 else float(value))
+        if cuts[0] > cuts[1]:
+            raise ValueError(f"validation cut {cuts[0]} is after the test cut {cuts[1]}")
+        split_labels[timestamp >= cuts[0]] = VAL
+        split_labels[timestamp >= cuts[1]] = TEST
+        report["time_cuts"] = {"validation": cuts[0], "test": cuts[1]}
+    else:
+        raise ValueError(f"unknown split {split!r}; choose 'leave_last_out' or 'global_time'")
+
+    # ---- item side: topics and dense features ----
+    num_items = len(item_ids)
+    if raw.items is not None and "topics" in raw.items.columns:
+        topics = raw.items["topics"].iloc[order].reset_index(drop=True)
+        exploded = topics.explode().dropna()
+        topic_codes, topic_names = pd.factorize(exploded.to_numpy(dtype=object), sort=True)
+        item_topics = CSR.from_pairs_unique(
+            exploded.index.to_numpy(), topic_codes, num_items, max(len(topic_names), 1)
+        )
+        topic_names = np.asarray(topic_names, dtype=object)
+    else:
+        item_topics = CSR(np.zeros(num_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        topic_names = np.zeros(0, dtype=object)
+    item_dense = _dense_features(raw.items, "item_id", item_ids, {"item_id", "topics"})
+    user_dense = _dense_features(raw.users, "user_id", user_ids, {"user_id"})
+
+    report.update(
+        {
+            "split": split,
+            "users": num_users,
+            "items": num_items,
+            "topics": int(len(topic_names)),
+            "interactions": int(len(user)),
+            "train_interactions": int((split_labels == TRAIN).sum()),
+            "validation_interactions": int((split_labels == VAL).sum()),
+            "test_interactions": int((split_labels == TEST).sum()),
+        }
+    )
+    return PreparedData(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        topic_names=topic_names,
+        item_topics=item_topics,
+        item_dense=item_dense,
+        user_dense=user_dense,
+        user=user,
+        item=item,
+        timestamp=timestamp,
+        split=split_labels,
+        user_offsets=user_offsets,
+        report=report,
+    )
+
+
+def _dense_features(table: pd.DataFrame | None, id_col: str, ids: np.ndarray, skip: set[str]) -> np.ndarray:
+    """Numeric columns aligned to ``ids`` and standardised (z-score), ``[len(ids), F]`` float32."""
+    if table is None:
+        return np.zeros((len(ids), 0), dtype=np.float32)
+    cols = [c for c in table.columns if c not in skip]
+    if not cols:
+        return np.zeros((len(ids), 0), dtype=np.float32)
+    aligned = table.set_index(id_col).reindex(ids)[cols].to_numpy(dtype=np.float32)
+    mean, std = aligned.mean(0), aligned.std(0)
+    return (aligned - mean) / np.where(std > 0, std, 1.0)
+
+
+def evaluation_set(data: PreparedData, stage: str, exclude_seen: bool = True) -> EvaluationSet:
+    """Users with interactions in ``stage`` ('val' or 'test') and at least one interaction before them."""
+    code = STAGE_CODES[stage]
+    in_stage = np.flatnonzero(data.split == code)
+    if len(in_stage) == 0:
+        raise DataValidationError(f"the {stage} split is empty; check the split settings")
+    stage_users, first = np.unique(data.user[in_stage], return_index=True)
+    cutoff = in_stage[first]  # first stage interaction of each user (rows are time-sorted per user)
+    start = data.user_offsets[stage_users]
+    has_history = cutoff > start
+    report = {"stage": stage, "users_in_split": int(len(stage_users)), "users_without_history": int((~has_history).sum())}
+    users, start, cutoff = stage_users[has_history], start[has_history], cutoff[has_history]
+    num_eval, num_items = len(users), data.num_items
+
+    row_of_user = np.full(data.num_users, -1, dtype=np.int64)
+    row_of_user[users] = np.arange(num_eval)
+    # targets: distinct stage items of each evaluated user
+    t_rows = row_of_user[data.user[in_stage]]
+    keep = t_rows >= 0
+    targets = CSR.from_pairs_unique(t_rows[keep], data.item[in_stage][keep], num_eval, num_items)
+    # history (to exclude from retrieval): interactions before the cutoff of evaluated users
+    rows_all = row_of_user[data.user]
+    idx = np.arange(len(data.user))
+    in_history = (rows_all >= 0) & (idx < np.where(rows_all >= 0, cutoff[np.maximum(rows_all, 0)], 0))
+    exclude = CSR.from_pairs_unique(rows_all[in_history], data.item[in_history], num_eval, num_items)
+    if not exclude_seen:
+        exclude = CSR(np.zeros(num_eval + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    else:
+        # a target already in the history cannot be retrieved once seen items are excluded: drop it, say so
+        seen_target = np.isin(targets.keys(num_items), exclude.keys(num_items))
+        report["targets_already_in_history"] = int(seen_target.sum())
+        if seen_target.any():
+            t_keys = targets.keys(num_items)[~seen_target]
+            targets = CSR.from_sorted_pairs(t_keys // num_items, t_keys % num_items, num_eval)
+    without_targets = targets.lengths == 0
+    if without_targets.any():
+        report["users_without_new_targets"] = int(without_targets.sum())
+        keep_rows = np.flatnonzero(~without_targets)
+        users, start, cutoff = users[keep_rows], start[keep_rows], cutoff[keep_rows]
+        targets, exclude = _take_rows(targets, keep_rows), _take_rows(exclude, keep_rows)
+    report["evaluated_users"] = int(len(users))
+    return EvaluationSet(stage, users, start, cutoff, targets, exclude, report)
+
+
+def serving_set(data: PreparedData) -> EvaluationSet:
+    """Every user with their full history (for ``predict``): no targets, all seen items excluded."""
+    users = np.arange(data.num_users)
+    start, cutoff = data.user_offsets[:-1], data.user_offsets[1:]
+    exclude = CSR.from_pairs_unique(data.user, data.item, data.num_users, data.num_items)
+    empty = CSR(np.zeros(data.num_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return EvaluationSet("predict", users, start, cutoff, empty, exclude, {"stage": "predict", "users": int(len(users))})
+
+
+def _take_rows(csr: CSR, rows: np.ndarray) -> CSR:
+    lengths = csr.lengths[rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    gather = np.repeat(csr.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return CSR(offsets, csr.values[gather])

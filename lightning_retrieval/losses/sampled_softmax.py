@@ -1,0 +1,83 @@
+"""In-batch sampled softmax with logQ correction, learnable temperature and optional corpus negatives."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_retrieval.registry import component_kind, register
+
+
+@component_kind("losses")
+class RetrievalLoss(nn.Module):
+    """``forward(user [B, D], item [B, D], item_ids [B], item_log_q [B], neg [M, D], neg_ids [M], neg_log_q [M])``."""
+
+
+@register("sampled_softmax")
+class SampledSoftmaxLoss(RetrievalLoss):
+    """Softmax over the batch's positives (and optional shared corpus negatives), row i's label is item i.
+
+    Logit ``s_ij = <u_i, v_j> / tau``. With ``logq_correction`` each in-batch column is corrected by
+    ``log(B * q_j)``, ``q_j`` the item's share of training interactions (Yi et al. 2019), and each corpus
+    negative by the log expected count under its sampler. Columns holding the same item as row i's positive
+    (duplicates in the batch, accidental hits among corpus negatives) are masked out, not used as negatives.
+
+    Args:
+        temperature: initial (or fixed) softmax temperature.
+        learn_temperature: learn ``log(1/tau)``; clamped so that ``tau >= min_temperature``.
+        min_temperature: lower bound of the learned temperature.
+        logq_correction: apply the sampling-bias correction.
+        mask_duplicates: mask columns whose item equals the row's positive.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        learn_temperature: bool = True,
+        min_temperature: float = 0.01,
+        logq_correction: bool = True,
+        mask_duplicates: bool = True,
+    ):
+        super().__init__()
+        if not 0 < min_temperature <= temperature:
+            raise ValueError(f"need 0 < min_temperature <= temperature, got {min_temperature}, {temperature}")
+        log_inv = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_inverse_temperature = nn.Parameter(log_inv)
+        else:
+            self.register_buffer("log_inverse_temperature", log_inv)
+        self.max_log_inverse = math.log(1.0 / min_temperature)
+        self.logq_correction = logq_correction
+        self.mask_duplicates = mask_duplicates
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return 1.0 / self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
+
+    def logits(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:
+        """Corrected, masked logits ``[B, B + M]``; the positive of row i is column i."""
+        scale = self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
+        logits = user @ item.T * scale
+        batch = user.shape[0]
+        if self.logq_correction:
+            logits = logits - (item_log_q + math.log(batch))[None, :]
+        if self.mask_duplicates:
+            same = item_ids[None, :] == item_ids[:, None]
+            same.fill_diagonal_(False)
+            logits = logits.masked_fill(same, float("-inf"))
+        if neg is not None:
+            neg_logits = user @ neg.T * scale
+            if self.logq_correction:
+                neg_logits = neg_logits - neg_log_q[None, :]
+            if self.mask_duplicates:
+                neg_logits = neg_logits.masked_fill(neg_ids[None, :] == item_ids[:, None], float("-inf"))
+            logits = torch.cat([logits, neg_logits], dim=1)
+        return logits
+
+    def forward(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:
+        logits = self.logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q)
+        labels = torch.arange(user.shape[0], device=user.device)
+        return F.cross_entropy(logits, labels)

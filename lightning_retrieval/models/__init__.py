@@ -1,0 +1,1 @@
+"""Neural building blocks: ID embedding tables, towers, crossing blocks."""

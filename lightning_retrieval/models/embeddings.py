@@ -1,0 +1,85 @@
+"""ID embedding tables held in a torchrec ``EmbeddingBagCollection`` (shardable later, CPU-friendly now)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+
+class IdEmbeddings(nn.Module):
+    """Pooled embeddings of ID features.
+
+    Tables: ``user_id`` (feature ``user``), ``item_id`` (features ``item``, ``neg_item`` and, when
+    ``share_item_table``, ``history``), optionally ``history_item_id`` (feature ``history``) and ``topic``
+    (features ``item_topics``, ``neg_item_topics``). Bags are mean-pooled; an empty bag pools to zeros.
+
+    Args:
+        dropout: dropout on every pooled ID embedding (the Pinterest recipe regularises ID embeddings).
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        num_topics: int,
+        embedding_dim: int,
+        share_item_table: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        item_features = ["item", "neg_item"] + (["history"] if share_item_table else [])
+        tables = [
+            EmbeddingBagConfig(name="user_id", embedding_dim=embedding_dim, num_embeddings=num_users,
+                               feature_names=["user"], pooling=PoolingType.MEAN),
+            EmbeddingBagConfig(name="item_id", embedding_dim=embedding_dim, num_embeddings=num_items,
+                               feature_names=item_features, pooling=PoolingType.MEAN),
+        ]
+        if not share_item_table:
+            tables.append(EmbeddingBagConfig(name="history_item_id", embedding_dim=embedding_dim,
+                                             num_embeddings=num_items, feature_names=["history"],
+                                             pooling=PoolingType.MEAN))
+        if num_topics > 0:
+            tables.append(EmbeddingBagConfig(name="topic", embedding_dim=embedding_dim, num_embeddings=num_topics,
+                                             feature_names=["item_topics", "neg_item_topics"],
+                                             pooling=PoolingType.MEAN))
+        self.bounds = {"user": num_users, "item": num_items, "neg_item": num_items, "history": num_items,
+                       "item_topics": num_topics, "neg_item_topics": num_topics}
+        self.collection = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
+        for table in self.collection.embedding_bags.values():
+            nn.init.normal_(table.weight, std=embedding_dim ** -0.5)
+        self.feature_names = [f for t in tables for f in t.feature_names]
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_dim = embedding_dim
+
+    def forward(self, bags: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> dict[str, torch.Tensor]:
+        """``{feature: (values [nnz], lengths [B])}`` -> ``{feature: [B, D]}`` for the features given.
+
+        Features not given are passed as empty bags; ids outside a table raise an error naming the feature.
+        """
+        device = self.collection.embedding_bags["user_id"].weight.device
+        values, lengths = [], []
+        for name in self.feature_names:
+            if name in bags:
+                v, n = bags[name]
+                if v.numel() and (int(v.min()) < 0 or int(v.max()) >= self.bounds[name]):
+                    raise IndexError(
+                        f"feature {name!r}: ids must be in [0, {self.bounds[name]}), got range "
+                        f"[{int(v.min())}, {int(v.max())}]"
+                    )
+                if n.numel() != batch_size:
+                    raise ValueError(f"feature {name!r}: {n.numel()} bags for a batch of {batch_size}")
+                values.append(v.long())
+                lengths.append(n.long())
+            else:
+                lengths.append(torch.zeros(batch_size, dtype=torch.long, device=device))
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=self.feature_names,
+            values=torch.cat(values) if values else torch.zeros(0, dtype=torch.long, device=device),
+            lengths=torch.cat(lengths),
+        )
+        pooled = self.collection(kjt).to_dict()
+        return {name: self.dropout(pooled[name]) for name in bags}
+
+    def table(self, name: str) -> torch.Tensor:
+        return self.collection.embedding_bags[name].weight

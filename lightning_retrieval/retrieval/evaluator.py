@@ -1,0 +1,153 @@
+"""Full-corpus retrieval evaluation: search every user, exclude seen items, compute metrics.
+
+Batched and vectorised: users are searched in batches; seen-item exclusion and target matching are
+``searchsorted`` membership tests on sorted (row, item) keys; metric maths run on whole ``[U, K]`` arrays.
+Per-user values are stored in one array and averaged once at the end, so the evaluation batch size cannot
+change any metric.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lightning_retrieval.data.preparation import CSR
+from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
+from lightning_retrieval.registry import resolve
+from lightning_retrieval.retrieval.index import IndexBackend, RetrievalIndexError
+
+DEFAULT_METRICS = ("recall", "ndcg", "hit_rate", "mrr", "coverage", "topic_diversity", "distinct_topics",
+                   "embedding_diversity")
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    lists: RankedLists
+    scores: np.ndarray
+    protocol: dict = field(default_factory=dict)
+
+
+def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Elementwise ``keys in sorted_keys`` (both int64), any shape."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    pos = np.searchsorted(sorted_keys, keys)
+    return sorted_keys[np.minimum(pos, sorted_keys.size - 1)] == keys
+
+
+class RetrievalEvaluator:
+    """Search, exclude, score.
+
+    Args:
+        ks: cut-offs; the lists are retrieved at depth ``max(ks)``.
+        metrics: registry names of metrics (``recall``, ``ndcg``, ``hit_rate``, ``mrr``, ``precision``,
+            ``coverage``, ``topic_diversity``, ``distinct_topics``, ``embedding_diversity`` or plugins).
+        batch_size: users per search batch (memory only: results do not depend on it).
+    """
+
+    def __init__(self, ks: list[int] = (10, 20, 50, 100), metrics: list[str] = DEFAULT_METRICS,
+                 batch_size: int = 1024):
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError(f"ks must be positive cut-offs, got {ks}")
+        self.ks = sorted(set(int(k) for k in ks))
+        self.metrics: list[RetrievalMetric] = [resolve("metrics", m)() for m in metrics]
+        self.batch_size = batch_size
+
+    def retrieve(self, index: IndexBackend, queries: np.ndarray, exclude: CSR, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``depth`` items per query after removing its excluded items.
+
+        Returns ``(items [U, depth], scores [U, depth], valid [U])``; zero query vectors are masked
+        (``valid`` False, items -1) rather than searched. NaN queries raise.
+        """
+        n_users, n_items = len(queries), index.size
+        if exclude.num_rows != n_users:
+            raise ValueError(f"exclude has {exclude.num_rows} rows for {n_users} queries")
+        queries = np.asarray(queries, dtype=np.float32)
+        if not np.isfinite(queries).all():
+            bad = np.flatnonzero(~np.isfinite(queries).all(1))
+            raise ValueError(f"{len(bad)} user vector(s) contain NaN/inf (first rows {bad[:5].tolist()})")
+        valid = np.abs(queries).sum(1) > 0
+        seen = exclude.lengths
+        room = n_items - seen
+        if (room[valid] < depth).any():
+            worst = int(np.flatnonzero(valid & (room < depth))[0])
+            raise RetrievalIndexError(
+                f"k={depth} is larger than the corpus left after excluding seen items for "
+                f"{int((valid & (room < depth)).sum())} user(s) (corpus {n_items}, user row {worst} has "
+                f"{int(seen[worst])} seen items); lower k or disable exclude_seen"
+            )
+        # one global over-fetch depth, so every user is searched the same way whatever the batch size
+        fetch = min(n_items, depth + int(seen[valid].max(initial=0)))
+        exclude_keys = exclude.keys(n_items)
+        items = np.full((n_users, depth), -1, dtype=np.int64)
+        scores = np.full((n_users, depth), -np.inf, dtype=np.float32)
+        rows_valid = np.flatnonzero(valid)
+        for s in range(0, len(rows_valid), self.batch_size):
+            rows = rows_valid[s : s + self.batch_size]
+            batch_scores, batch_ids = index.search(queries[rows], fetch)
+            is_seen = _member(rows[:, None] * n_items + batch_ids, exclude_keys)
+            keep = np.argsort(is_seen, axis=1, kind="stable")[:, :depth]  # unseen first, rank order kept
+            if np.take_along_axis(is_seen, keep, 1).any():
+                raise RetrievalIndexError("the index returned too few unseen items; increase its search breadth")
+            items[rows] = np.take_along_axis(batch_ids, keep, 1)
+            scores[rows] = np.take_along_axis(batch_scores, keep, 1)
+        return items, scores, valid
+
+    def evaluate(
+        self,
+        index: IndexBackend,
+        user_vectors: np.ndarray,
+        targets: CSR,
+        exclude: CSR,
+        item_topics: CSR | None = None,
+        item_vectors: np.ndarray | None = None,
+    ) -> EvaluationResult:
+        """Metrics for users ``user_vectors [U, D]`` against an index built on the corpus."""
+        start = time.perf_counter()
+        depth = max(self.ks)
+        if depth > index.size:
+            raise RetrievalIndexError(f"k={depth} is larger than the corpus ({index.size} items)")
+        items, scores, valid = self.retrieve(index, user_vectors, exclude, depth)
+        n_items = index.size
+        hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
+        lists = RankedLists(
+            items=items,
+            hits=hits,
+            num_targets=targets.lengths,
+            valid=valid,
+            num_items=n_items,
+            item_topic_offsets=None if item_topics is None or item_topics.values.size == 0 else item_topics.offsets,
+            item_topic_values=None if item_topics is None or item_topics.values.size == 0 else item_topics.values,
+            item_embeddings=item_vectors,
+        )
+        metrics: dict[str, float] = {}
+        per_user: dict[str, np.ndarray] = {}
+        for metric in self.metrics:
+            if lists.item_topic_offsets is None and metric.name in ("topic_diversity", "distinct_topics"):
+                continue  # the dataset has no topics: nothing to measure (recorded in the protocol)
+            for k in self.ks:
+                key = f"{metric.name}@{k}"
+                value = metric.compute(lists, k)
+                if metric.per_user:
+                    value = np.where(valid, value, 0.0) if metric.accuracy else value
+                    per_user[key] = value
+                    users = valid if not metric.accuracy else np.ones_like(valid)
+                    metrics[key] = float(value[users].mean()) if users.any() else 0.0
+                else:
+                    metrics[key] = float(value)
+        protocol = {
+            "ks": self.ks,
+            "evaluated_users": int(len(items)),
+            "masked_users": int((~valid).sum()),
+            "excluded_items_total": int(exclude.values.size),
+            "targets_total": int(targets.values.size),
+            "seconds": round(time.perf_counter() - start, 4),
+            **index.describe(),
+        }
+        if lists.item_topic_offsets is None:
+            protocol["skipped_metrics"] = "topic metrics (no item topics)"
+        return EvaluationResult(metrics, per_user, lists, scores, protocol)

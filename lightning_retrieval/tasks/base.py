@@ -1,0 +1,64 @@
+"""The contract every retrieval LightningModule follows, so one evaluator serves them all."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_retrieval.registry import component_kind
+
+
+@component_kind("tasks")
+class RetrievalModel(pl.LightningModule):
+    """A model that embeds users and items into one inner-product space.
+
+    Subclasses implement :meth:`embed_users` and :meth:`embed_items` (and :meth:`training_step` if they
+    learn). Evaluation steps return the user vectors; the ``RetrievalEvaluation`` callback embeds the corpus,
+    builds the index and computes the metrics at epoch end.
+
+    Args:
+        feature_spec: table sizes from the datamodule (``num_users``, ``num_items``, ``num_topics``,
+            ``user_dense_dim``, ``item_dense_dim``); the CLI links it from ``data.feature_spec``.
+    """
+
+    def __init__(self, feature_spec: dict | None = None):
+        super().__init__()
+        self.feature_spec = dict(feature_spec or {})
+
+    def require_spec(self, *keys: str) -> list[int]:
+        missing = [k for k in keys if k not in self.feature_spec]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs feature_spec entries {missing}; pass "
+                "feature_spec=datamodule.feature_spec (the CLI links it automatically)"
+            )
+        return [int(self.feature_spec[k]) for k in keys]
+
+    def embed_users(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """User vectors ``[B, D]``."""
+        raise NotImplementedError
+
+    def embed_items(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Item vectors ``[N, D]`` for an item-feature batch (``item``, topics, dense, ``item_count``)."""
+        raise NotImplementedError
+
+    def evaluation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Loss of the user's first target (a diagnostic logged as ``<stage>/loss``); None if not defined."""
+        return None
+
+    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        users = self.embed_users(batch)
+        if "item" in batch:
+            loss = self.evaluation_loss(batch)
+            if loss is not None:
+                self.log(f"{stage}/loss", loss, batch_size=users.shape[0])
+        return {"user_embeddings": users.detach(), "eval_row": batch["eval_row"]}
+
+    def validation_step(self, batch, batch_idx):
+        return self._evaluation_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"user_embeddings": self.embed_users(batch).detach(), "eval_row": batch["eval_row"]}
