@@ -161,7 +161,7 @@ def unknown_name_error(kind: str, name: str) -> UnknownComponentError:
     return UnknownComponentError(
         f"unknown name {name!r} in registry {kind!r}. Available: {', '.join(names) or '(none)'}.{hint} "
         "A full import path (package.module.Class) also works; plugins are loaded from the entry-point "
-        "group 'lightning_retrieval.plugins', ./plugins/ and $LIGHTNING_RETRIEVAL_PLUGIN_PATH."
+        "group 'lightning_retrieval.plugins', ./plugins/ and $LIGHTNING_RETRIEVAL_PLUGIN_PATH"
     )
 
 

@@ -1,0 +1,127 @@
+"""Training on the shipped MovieLens data, every logger receiving the metrics, and the CLI end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from lightning_retrieval.callbacks import RetrievalEvaluation
+from lightning_retrieval.data import MovieLensSource, RetrievalDataModule
+from lightning_retrieval.data.negatives import UniformNegativeSampler
+from lightning_retrieval.tasks import PopularityRetrieval, TwoTowerRetrieval
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _trainer(tmp_path, callback, loggers=False, **kw):
+    return pl.Trainer(max_epochs=kw.pop("max_epochs", 2), logger=loggers, callbacks=[callback],
+                      enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                      default_root_dir=tmp_path, enable_model_summary=False, **kw)
+
+
+def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    pl.seed_everything(0)
+    dm = RetrievalDataModule(source=MovieLensSource(), max_history=50, batch_size=512,
+                             negative_sampler=UniformNegativeSampler(num_negatives=128))
+    model = TwoTowerRetrieval(feature_spec=dm.feature_spec)
+    callback = RetrievalEvaluation(ks=[10, 50])
+
+    _trainer(tmp_path, callback).validate(model, datamodule=dm)
+    untrained = callback.last_result.metrics["recall@50"]
+
+    wandb_logger = WandbLogger(project="lr-tests", save_dir=str(tmp_path), offline=True)
+    wandb_received = []
+    original_log_metrics = wandb_logger.log_metrics
+
+    def recording_log_metrics(metrics, step=None):  # what reaches W&B, recorded on the way through
+        wandb_received.append(dict(metrics))
+        return original_log_metrics(metrics, step)
+
+    wandb_logger.log_metrics = recording_log_metrics
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb"), wandb_logger]
+    trainer = _trainer(tmp_path, callback, loggers, max_epochs=3)
+    trainer.fit(model, datamodule=dm)
+    trained = callback.last_result.metrics["recall@50"]
+
+    pop_callback = RetrievalEvaluation(ks=[10, 50])
+    _trainer(tmp_path, pop_callback).validate(PopularityRetrieval(), datamodule=dm)
+    popularity = pop_callback.last_result.metrics["recall@50"]
+    assert trained > untrained + 0.05, (untrained, trained)
+    assert trained > popularity, (trained, popularity)
+
+    # CSV
+    csv = pd.read_csv(loggers[0].log_dir + "/metrics.csv")
+    assert csv["val/recall@50"].dropna().iloc[-1] == pytest.approx(trained)
+    assert "val/protocol/corpus_size" in csv.columns
+    # TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(loggers[1].log_dir)
+    acc.Reload()
+    assert acc.Scalars("val/recall@50")[-1].value == pytest.approx(trained, rel=1e-6)
+    # W&B (offline run): the logger received the metric, and the run wrote its offline files
+    assert [m["val/recall@50"] for m in wandb_received if "val/recall@50" in m][-1] == pytest.approx(trained)
+    wandb_logger.experiment.finish()
+    assert list(tmp_path.rglob("offline-run-*/run-*.wandb"))
+    # result card next to the run
+    card = json.loads((tmp_path / "csv" / "version_0" / "result_card_val.json").read_text())
+    assert card["protocol"]["exact"] is True and card["protocol"]["corpus_size"] == 9742
+    assert card["protocol"]["split"] == "leave_last_out" and card["metrics"]["recall@50"] == pytest.approx(trained)
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, LIGHTNING_RETRIEVAL_PLUGIN_PATH=str(REPO / "plugins"), WANDB_MODE="offline")
+    out = subprocess.run([sys.executable, "-m", "lightning_retrieval", *args, "--trainer.enable_progress_bar=false"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_cli_fit_test_predict_and_popularity(tmp_path):
+    cfg = str(REPO / "configs" / "two_tower.yaml")
+    quick = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=40"]
+    _cli("fit", "--config", cfg, *quick, cwd=tmp_path)
+    ckpt = tmp_path / "runs/two_tower/checkpoints/last.ckpt"
+    assert ckpt.exists()
+    val_card = json.loads(next((tmp_path / "runs/two_tower").rglob("result_card_val.json")).read_text())
+    assert val_card["metrics"]["recall@50"] > 0
+
+    _cli("test", "--config", cfg, "--ckpt_path", str(ckpt), cwd=tmp_path)
+    card_path = next((tmp_path / "runs/two_tower").rglob("result_card_test.json"))
+    card = json.loads(card_path.read_text())
+    assert card["stage"] == "test" and card["protocol"]["evaluated_users"] == 610
+    assert (card_path.with_suffix(".md")).read_text().startswith("# Result card: TwoTowerRetrieval (test)")
+
+    _cli("test", "--config", str(REPO / "configs" / "popularity.yaml"), cwd=tmp_path)
+    report = subprocess.run([sys.executable, "-m", "lightning_retrieval", "report", "runs/two_tower", "runs/popularity"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert "PopularityRetrieval" in report.stdout and "TwoTowerRetrieval" in report.stdout
+
+    _cli("predict", "--config", cfg, "--config", str(REPO / "configs" / "predict_topk.yaml"),
+         "--ckpt_path", str(ckpt), cwd=tmp_path)
+    pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
+    assert list(pred.columns) == ["user_id", "rank", "item_id", "score"]
+    assert len(pred) == 610 * 100 and pred.groupby("user_id")["rank"].max().eq(100).all()
+    assert pred.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    ratings = pd.read_csv(REPO / "lightning_retrieval/resources/ml-latest-small/ratings.csv")
+    seen = set(zip(ratings.userId, ratings.movieId))
+    assert not any((u, i) in seen for u, i in zip(pred.user_id, pred.item_id))
+
+
+def test_cli_trains_the_plugin_config(tmp_path):
+    _cli("fit", "--config", str(REPO / "configs" / "plugin_example.yaml"), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=10", cwd=tmp_path)
+    metrics = pd.read_csv(next((tmp_path / "runs/plugin_example").rglob("metrics.csv")))
+    assert np.isfinite(metrics["val/recall@50"].dropna()).all()
+    hparams = next((tmp_path / "runs/plugin_example").rglob("config.yaml")).read_text()
+    assert "GatedFieldCrossing" in hparams
