@@ -21,6 +21,7 @@ USAGE_EXTRA = """
 extra subcommands:
   registry [KIND]       list registered components (all kinds, or one) with their parameters
   report RUN_DIR ...    print a Markdown table of the result cards under the given run directories
+  compare CONFIG ...    fit + test each config, then write one comparison table (--output FILE.md)
 """
 
 
@@ -59,6 +60,11 @@ def main(args: list[str] | None = None) -> None:
     prepare_registry()
     if argv and argv[0] == "registry":
         print_registry(argv[1] if len(argv) > 1 else None)
+        return
+    if argv and argv[0] == "compare":
+        from lightning_retrieval.compare import main as compare
+
+        compare(argv[1:])
         return
     if argv and argv[0] == "report":
         from lightning_retrieval.reporting import print_report

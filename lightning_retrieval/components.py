@@ -2,12 +2,16 @@
 
 import lightning_retrieval.callbacks.prediction_writer  # noqa: F401
 import lightning_retrieval.callbacks.retrieval_evaluation  # noqa: F401
+import lightning_retrieval.callbacks.training_speed  # noqa: F401
 import lightning_retrieval.data.negatives  # noqa: F401
 import lightning_retrieval.data.sources  # noqa: F401
 import lightning_retrieval.losses.sampled_softmax  # noqa: F401
 import lightning_retrieval.metrics.library  # noqa: F401
-import lightning_retrieval.models.crossing.mlp  # noqa: F401
+import lightning_retrieval.models.conditions  # noqa: F401
+import lightning_retrieval.models.crossing  # noqa: F401
+import lightning_retrieval.models.interests  # noqa: F401
 import lightning_retrieval.models.towers  # noqa: F401
 import lightning_retrieval.retrieval.index  # noqa: F401
+import lightning_retrieval.retrieval.merging  # noqa: F401
 import lightning_retrieval.tasks.popularity  # noqa: F401
 import lightning_retrieval.tasks.two_tower  # noqa: F401

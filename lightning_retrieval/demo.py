@@ -27,7 +27,15 @@ def main() -> None:
     two_tower = str(CONFIGS / "two_tower.yaml")
     run(["fit", "--config", two_tower])
     best = sorted(Path("runs/two_tower/checkpoints").glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
-    run(["test", "--config", two_tower, "--ckpt_path", str(best[-1] if best else "runs/two_tower/checkpoints/last.ckpt")])
+    run(
+        [
+            "test",
+            "--config",
+            two_tower,
+            "--ckpt_path",
+            str(best[-1] if best else "runs/two_tower/checkpoints/last.ckpt"),
+        ]
+    )
     run(["test", "--config", str(CONFIGS / "popularity.yaml")])
     print("\nTest split (leave-last-out, full corpus, exact inner-product index, seen items excluded):\n")
     print(results_table(["runs/two_tower", "runs/popularity"]))

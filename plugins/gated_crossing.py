@@ -22,8 +22,9 @@ class GatedFieldCrossing(CrossingBlock):
 
     def __init__(self, num_fields: int, field_dim: int, hidden_dims: list[int] = [128], gate_hidden: int = 32):  # noqa: B006
         super().__init__(num_fields, field_dim)
-        self.gate = nn.Sequential(nn.Linear(num_fields * field_dim, gate_hidden), nn.ReLU(),
-                                  nn.Linear(gate_hidden, num_fields))
+        self.gate = nn.Sequential(
+            nn.Linear(num_fields * field_dim, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, num_fields)
+        )
         self.net = mlp([num_fields * field_dim, *hidden_dims])
         self.output_dim = hidden_dims[-1]
 

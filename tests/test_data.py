@@ -21,8 +21,9 @@ def test_missing_column_names_it_and_the_available_ones():
         prepare(raw)
 
 
-@pytest.mark.parametrize("column,expected", [("user_id", "NaN user_id"), ("item_id", "NaN item_id"),
-                                             ("timestamp", "missing timestamps")])
+@pytest.mark.parametrize(
+    "column,expected", [("user_id", "NaN user_id"), ("item_id", "NaN item_id"), ("timestamp", "missing timestamps")]
+)
 def test_nan_ids_and_missing_timestamps_are_errors(column, expected):
     raw = make_raw()
     raw.interactions[column] = raw.interactions[column].astype(object)
@@ -76,9 +77,9 @@ def test_min_rating_filters_and_needs_a_rating_column():
 def test_leave_last_out_holds_out_each_users_last_items():
     data = prepare(make_raw(per_user=8), split="leave_last_out", val_items=1, test_items=2)
     for u in range(data.num_users):
-        s = data.split[data.user_offsets[u]:data.user_offsets[u + 1]]
+        s = data.split[data.user_offsets[u] : data.user_offsets[u + 1]]
         assert s.tolist() == [TRAIN] * 5 + [VAL] + [TEST] * 2
-        ts = data.timestamp[data.user_offsets[u]:data.user_offsets[u + 1]]
+        ts = data.timestamp[data.user_offsets[u] : data.user_offsets[u + 1]]
         assert np.all(np.diff(ts) >= 0)
 
 
@@ -128,7 +129,7 @@ def test_no_evaluation_interaction_reaches_the_inputs_that_score_it(movielens_dm
 def test_excluded_items_are_the_users_history(movielens_dm):
     data, es = movielens_dm.data, movielens_dm.evaluation_set("test")
     for row in (0, 17, len(es) - 1):
-        history = data.item[es.history_start[row]:es.cutoff[row]]
+        history = data.item[es.history_start[row] : es.cutoff[row]]
         np.testing.assert_array_equal(es.exclude.row(row), np.unique(history))
 
 
@@ -139,7 +140,7 @@ def test_history_gather_matches_a_naive_reference():
     hist, mask = builder.history(torch.from_numpy(data.user), idx)
     for g in range(len(data.user)):
         start = data.user_offsets[data.user[g]]
-        expected = data.item[max(start, g - 4):g]
+        expected = data.item[max(start, g - 4) : g]
         got = hist[g][mask[g]].numpy()
         np.testing.assert_array_equal(got, expected)
         assert mask[g].sum() == len(expected) and (not mask[g].any() or mask[g][-1])  # right-aligned
@@ -149,8 +150,9 @@ def test_preparation_and_loading_are_deterministic(movielens_dm):
     a, b = prepare(movielens_dm.source.load()), prepare(movielens_dm.source.load())
     for name in ("user", "item", "timestamp", "split", "user_ids", "item_ids"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    first = [next(iter(RetrievalDataModule(source=movielens_dm.source, seed=3).train_dataloader()))["item"]
-             for _ in range(2)]
+    first = [
+        next(iter(RetrievalDataModule(source=movielens_dm.source, seed=3).train_dataloader()))["item"] for _ in range(2)
+    ]
     assert torch.equal(first[0], first[1])
 
 
@@ -161,8 +163,9 @@ def test_ties_in_timestamps_keep_input_order():
 
 
 def test_evaluation_reports_users_without_history_instead_of_dropping_silently():
-    inter = pd.DataFrame({"user_id": [1, 1, 1, 2, 3, 3], "item_id": [1, 2, 3, 1, 2, 3],
-                          "timestamp": [1, 2, 9, 8, 3, 4]})
+    inter = pd.DataFrame(
+        {"user_id": [1, 1, 1, 2, 3, 3], "item_id": [1, 2, 3, 1, 2, 3], "timestamp": [1, 2, 9, 8, 3, 4]}
+    )
     data = prepare(RawInteractions(inter), split="global_time", val_time=5, test_time=7)
     es = evaluation_set(data, "test")
     assert es.report["users_without_history"] == 1  # user 2's only interaction is in the test period
@@ -171,14 +174,19 @@ def test_evaluation_reports_users_without_history_instead_of_dropping_silently()
 
 # ---------------------------------------------------------------- file sources
 def test_csv_source_with_joined_topics(tmp_path):
-    inter = pd.DataFrame({"uid": ["a", "a", "a", "b", "b", "b"], "iid": [1, 2, 3, 1, 3, 2],
-                          "ts": [1, 2, 3, 1, 2, 3]})
+    inter = pd.DataFrame({"uid": ["a", "a", "a", "b", "b", "b"], "iid": [1, 2, 3, 1, 3, 2], "ts": [1, 2, 3, 1, 2, 3]})
     items = pd.DataFrame({"iid": [1, 2, 3], "cats": ["x|y", "y", ""], "price": [1.0, 2.0, 3.0]})
     inter.to_csv(tmp_path / "inter.csv", index=False)
     items.to_csv(tmp_path / "items.csv", index=False)
-    src = InteractionsFileSource(str(tmp_path / "inter.csv"), items_path=str(tmp_path / "items.csv"),
-                                 user_column="uid", item_column="iid", timestamp_column="ts",
-                                 topics_column="cats", item_feature_columns=["price"])
+    src = InteractionsFileSource(
+        str(tmp_path / "inter.csv"),
+        items_path=str(tmp_path / "items.csv"),
+        user_column="uid",
+        item_column="iid",
+        timestamp_column="ts",
+        topics_column="cats",
+        item_feature_columns=["price"],
+    )
     data = prepare(src.load())
     assert data.topic_names.tolist() == ["x", "y"]
     assert [data.item_topics.row(i).tolist() for i in range(3)] == [[0, 1], [1], []]
@@ -186,19 +194,29 @@ def test_csv_source_with_joined_topics(tmp_path):
 
 
 def test_parquet_source_with_list_topics_and_user_features(tmp_path):
-    inter = pd.DataFrame({"user_id": [7, 7, 7, 8, 8, 8], "item_id": ["p", "q", "r", "q", "p", "r"],
-                          "timestamp": [1.0, 2, 3, 4, 5, 6]})
+    inter = pd.DataFrame(
+        {"user_id": [7, 7, 7, 8, 8, 8], "item_id": ["p", "q", "r", "q", "p", "r"], "timestamp": [1.0, 2, 3, 4, 5, 6]}
+    )
     items = pd.DataFrame({"item_id": ["p", "q", "r"], "topics": [["a"], ["a", "b"], []]})
     users = pd.DataFrame({"user_id": [7, 8], "age": [30.0, 40.0]})
     inter.to_parquet(tmp_path / "i.parquet")
     items.to_parquet(tmp_path / "items.parquet")
     users.to_parquet(tmp_path / "users.parquet")
-    src = InteractionsFileSource(str(tmp_path / "i.parquet"), items_path=str(tmp_path / "items.parquet"),
-                                 users_path=str(tmp_path / "users.parquet"), topics_column="topics",
-                                 user_feature_columns=["age"])
+    src = InteractionsFileSource(
+        str(tmp_path / "i.parquet"),
+        items_path=str(tmp_path / "items.parquet"),
+        users_path=str(tmp_path / "users.parquet"),
+        topics_column="topics",
+        user_feature_columns=["age"],
+    )
     dm = RetrievalDataModule(source=src, max_history=2, batch_size=2)
-    assert dm.feature_spec == {"num_users": 2, "num_items": 3, "num_topics": 2, "user_dense_dim": 1,
-                               "item_dense_dim": 0}
+    assert dm.feature_spec == {
+        "num_users": 2,
+        "num_items": 3,
+        "num_topics": 2,
+        "user_dense_dim": 1,
+        "item_dense_dim": 0,
+    }
     batch = next(iter(dm.train_dataloader()))
     assert batch["user_dense"].shape == (2, 1)
 

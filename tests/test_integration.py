@@ -22,17 +22,29 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callback, loggers=False, **kw):
-    return pl.Trainer(max_epochs=kw.pop("max_epochs", 2), logger=loggers, callbacks=[callback],
-                      enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                      default_root_dir=tmp_path, enable_model_summary=False, **kw)
+    return pl.Trainer(
+        max_epochs=kw.pop("max_epochs", 2),
+        logger=loggers,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     pl.seed_everything(0)
-    dm = RetrievalDataModule(source=MovieLensSource(), max_history=50, batch_size=512,
-                             negative_sampler=UniformNegativeSampler(num_negatives=128))
+    dm = RetrievalDataModule(
+        source=MovieLensSource(),
+        max_history=50,
+        batch_size=512,
+        negative_sampler=UniformNegativeSampler(num_negatives=128),
+    )
     model = TwoTowerRetrieval(feature_spec=dm.feature_spec)
     callback = RetrievalEvaluation(ks=[10, 50])
 
@@ -81,8 +93,14 @@ def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_
 
 def _cli(*args, cwd):
     env = dict(os.environ, LIGHTNING_RETRIEVAL_PLUGIN_PATH=str(REPO / "plugins"), WANDB_MODE="offline")
-    out = subprocess.run([sys.executable, "-m", "lightning_retrieval", *args, "--trainer.enable_progress_bar=false"],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_retrieval", *args, "--trainer.enable_progress_bar=false"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -103,12 +121,24 @@ def test_cli_fit_test_predict_and_popularity(tmp_path):
     assert (card_path.with_suffix(".md")).read_text().startswith("# Result card: TwoTowerRetrieval (test)")
 
     _cli("test", "--config", str(REPO / "configs" / "popularity.yaml"), cwd=tmp_path)
-    report = subprocess.run([sys.executable, "-m", "lightning_retrieval", "report", "runs/two_tower", "runs/popularity"],
-                            cwd=tmp_path, capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "lightning_retrieval", "report", "runs/two_tower", "runs/popularity"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "PopularityRetrieval" in report.stdout and "TwoTowerRetrieval" in report.stdout
 
-    _cli("predict", "--config", cfg, "--config", str(REPO / "configs" / "predict_topk.yaml"),
-         "--ckpt_path", str(ckpt), cwd=tmp_path)
+    _cli(
+        "predict",
+        "--config",
+        cfg,
+        "--config",
+        str(REPO / "configs" / "predict_topk.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        cwd=tmp_path,
+    )
     pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
     assert list(pred.columns) == ["user_id", "rank", "item_id", "score"]
     assert len(pred) == 610 * 100 and pred.groupby("user_id")["rank"].max().eq(100).all()
@@ -119,8 +149,14 @@ def test_cli_fit_test_predict_and_popularity(tmp_path):
 
 
 def test_cli_trains_the_plugin_config(tmp_path):
-    _cli("fit", "--config", str(REPO / "configs" / "plugin_example.yaml"), "--trainer.max_epochs=1",
-         "--trainer.limit_train_batches=10", cwd=tmp_path)
+    _cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "plugin_example.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=10",
+        cwd=tmp_path,
+    )
     metrics = pd.read_csv(next((tmp_path / "runs/plugin_example").rglob("metrics.csv")))
     assert np.isfinite(metrics["val/recall@50"].dropna()).all()
     hparams = next((tmp_path / "runs/plugin_example").rglob("config.yaml")).read_text()

@@ -33,7 +33,9 @@ def test_logq_correction_lowers_popular_items_logits_relative_to_rare_ones():
     ids = torch.arange(4)
     log_q = torch.log(torch.tensor([0.7, 0.1, 0.1, 0.1]))
     with_q = SampledSoftmaxLoss(temperature=0.1, learn_temperature=False).logits(u, v, ids, log_q)
-    without = SampledSoftmaxLoss(temperature=0.1, learn_temperature=False, logq_correction=False).logits(u, v, ids, log_q)
+    without = SampledSoftmaxLoss(temperature=0.1, learn_temperature=False, logq_correction=False).logits(
+        u, v, ids, log_q
+    )
     shift = with_q - without
     assert torch.allclose(shift[:, 0] - shift[:, 1], torch.full((4,), math.log(0.1 / 0.7)))
 
@@ -51,8 +53,9 @@ def test_duplicate_positives_are_masked_not_negatives():
     ref0 = -torch.log_softmax((u[0] @ v[[0, 1, 3]].T) / 0.1, dim=0)[0]
     per_row = F.cross_entropy(logits, torch.arange(4), reduction="none")
     torch.testing.assert_close(per_row[0], ref0)
-    unmasked = SampledSoftmaxLoss(temperature=0.1, learn_temperature=False, logq_correction=False,
-                                  mask_duplicates=False).logits(u, v, ids, log_q)
+    unmasked = SampledSoftmaxLoss(
+        temperature=0.1, learn_temperature=False, logq_correction=False, mask_duplicates=False
+    ).logits(u, v, ids, log_q)
     assert torch.isfinite(unmasked).all()
 
 

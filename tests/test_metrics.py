@@ -16,7 +16,14 @@ from lightning_retrieval.metrics import (
     Recall,
     TopicDiversity,
 )
-from lightning_retrieval.retrieval import ExactIndex, HNSWIndex, IVFPQIndex, RetrievalEvaluator, RetrievalIndexError
+from lightning_retrieval.retrieval import (
+    ExactIndex,
+    HNSWIndex,
+    IVFPQIndex,
+    RetrievalEvaluator,
+    RetrievalIndexError,
+    TorchExactIndex,
+)
 
 
 def csr(rows):
@@ -72,8 +79,10 @@ def _random_problem(seed=0, users=137, items=400, dim=16):
     u = rng.normal(size=(users, dim)).astype(np.float32)
     v = rng.normal(size=(items, dim)).astype(np.float32)
     exclude = [set(rng.choice(items, size=rng.integers(0, 30), replace=False).tolist()) for _ in range(users)]
-    targets = [set(rng.choice(sorted(set(range(items)) - ex), size=rng.integers(1, 6), replace=False).tolist())
-               for ex in exclude]
+    targets = [
+        set(rng.choice(sorted(set(range(items)) - ex), size=rng.integers(1, 6), replace=False).tolist())
+        for ex in exclude
+    ]
     topics = [rng.choice(5, size=rng.integers(0, 3), replace=False).tolist() for _ in range(items)]
     return u, v, csr(exclude), csr(targets), csr(topics), exclude, targets, topics
 
@@ -110,9 +119,10 @@ def _reference(u, v, exclude, targets, topics, k):
     return ref
 
 
-def test_exact_index_equals_brute_force_and_metrics_match_reference():
+@pytest.mark.parametrize("index_cls", [ExactIndex, TorchExactIndex])
+def test_exact_index_equals_brute_force_and_metrics_match_reference(index_cls):
     u, v, exclude, targets, topics, ex_sets, t_sets, topic_lists = _random_problem()
-    index = ExactIndex().build(v)
+    index = index_cls().build(v)
     ev = RetrievalEvaluator(ks=[5, 20], batch_size=32)
     items, _, valid = ev.retrieve(index, u, exclude, 20)
     scores = u @ v.T
@@ -128,11 +138,14 @@ def test_exact_index_equals_brute_force_and_metrics_match_reference():
             assert result.metrics[name] == pytest.approx(value, abs=1e-6), name
 
 
-def test_metrics_do_not_depend_on_the_evaluation_batch_size():
+@pytest.mark.parametrize("index", [ExactIndex(), TorchExactIndex(query_batch=16)])
+def test_metrics_do_not_depend_on_the_evaluation_batch_size(index):
     u, v, exclude, targets, topics, *_ = _random_problem(seed=1)
-    index = ExactIndex().build(v)
-    results = [RetrievalEvaluator(ks=[10, 50], batch_size=bs).evaluate(index, u, targets, exclude, topics, v).metrics
-               for bs in (1, 7, 64, 10_000)]
+    index.build(v)
+    results = [
+        RetrievalEvaluator(ks=[10, 50], batch_size=bs).evaluate(index, u, targets, exclude, topics, v).metrics
+        for bs in (1, 7, 64, 10_000)
+    ]
     for other in results[1:]:
         assert other == results[0]
 

@@ -52,7 +52,9 @@ def test_two_tower_embeds_and_trains_on_a_real_batch(movielens_dm, batch):
     loss = model.compute_loss(batch)
     loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert any("user_id" in n for n in grads) and any("item_id" in n for n in grads) and any("topic" in n for n in grads)
+    assert (
+        any("user_id" in n for n in grads) and any("item_id" in n for n in grads) and any("topic" in n for n in grads)
+    )
     assert any(n.startswith("user_tower") for n in grads) and any(n.startswith("item_tower") for n in grads)
 
 
@@ -71,8 +73,9 @@ def test_two_tower_requires_feature_spec_and_matching_tower_widths(movielens_dm)
     with pytest.raises(ValueError, match="needs feature_spec"):
         TwoTowerRetrieval()
     with pytest.raises(ValueError, match="same width"):
-        TwoTowerRetrieval(feature_spec=movielens_dm.feature_spec,
-                          item_tower=lambda f, d: FeatureCrossingTower(f, d, output_dim=32))
+        TwoTowerRetrieval(
+            feature_spec=movielens_dm.feature_spec, item_tower=lambda f, d: FeatureCrossingTower(f, d, output_dim=32)
+        )
 
 
 def test_popularity_scores_are_monotone_in_counts():

@@ -19,8 +19,20 @@ prepare_registry()
 
 
 def test_every_kind_is_declared():
-    assert {"crossing", "towers", "tasks", "losses", "negative_samplers", "index", "datasets", "metrics",
-            "callbacks"} <= set(kinds())
+    assert {
+        "crossing",
+        "towers",
+        "tasks",
+        "losses",
+        "negative_samplers",
+        "index",
+        "datasets",
+        "metrics",
+        "callbacks",
+        "mergers",
+        "interests",
+        "conditions",
+    } <= set(kinds())
 
 
 def test_short_name_class_name_and_import_path_resolve_to_the_same_class():
@@ -54,7 +66,8 @@ def test_plugin_directory_component_is_registered():
 def test_entry_point_plugin_is_loaded(tmp_path, monkeypatch):
     pkg = tmp_path / "ep_plugin_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent('''
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from lightning_retrieval.metrics.base import RetrievalMetric
         from lightning_retrieval.registry import register
 
@@ -62,7 +75,8 @@ def test_entry_point_plugin_is_loaded(tmp_path, monkeypatch):
         class AlwaysOne(RetrievalMetric):
             def compute(self, lists, k):
                 return lists.hits[:, :k].sum(1) * 0 + 1.0
-    '''))
+    """)
+    )
     dist = tmp_path / "ep_plugin_pkg-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin-pkg\nVersion: 0.1\n")
@@ -88,6 +102,7 @@ def test_duplicate_name_in_a_kind_is_refused():
     from lightning_retrieval.registry import register
 
     with pytest.raises(ValueError, match="already taken"):
+
         @register("mlp")
         class AnotherMLP(CrossingBlock):  # noqa: F841
             pass
@@ -98,10 +113,20 @@ def test_jsonargparse_resolves_short_names_in_nested_factories():
 
     parser = ArgumentParser()
     parser.add_argument("--tower", type=TowerFactory)
-    cfg = parser.parse_args(["--tower", yaml.safe_dump({
-        "class_path": "feature_crossing",
-        "init_args": {"crossing": {"class_path": "gated_mlp", "init_args": {"hidden_dims": [8]}}, "output_dim": 4},
-    })])
+    cfg = parser.parse_args(
+        [
+            "--tower",
+            yaml.safe_dump(
+                {
+                    "class_path": "feature_crossing",
+                    "init_args": {
+                        "crossing": {"class_path": "gated_mlp", "init_args": {"hidden_dims": [8]}},
+                        "output_dim": 4,
+                    },
+                }
+            ),
+        ]
+    )
     tower = parser.instantiate_classes(cfg).tower(3, 5)
     assert isinstance(tower, Tower) and type(tower.crossing).__name__ == "GatedFieldCrossing"
     assert tower.output_dim == 4 and tower.crossing.output_dim == 8
@@ -119,8 +144,9 @@ def test_jsonargparse_unknown_name_error_names_the_field_and_choices():
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "lightning_retrieval", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_retrieval", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_registry_help_and_print_config():

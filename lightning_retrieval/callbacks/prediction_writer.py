@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from jsonargparse import lazy_instance
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.data.preparation import _take_rows
@@ -27,8 +28,13 @@ class TopKPredictionWriter(RetrievalCallback):
         index: index backend.
     """
 
-    def __init__(self, output_path: str = "predictions.parquet", k: int = 100,
-                 index: IndexBackend = lazy_instance(ExactIndex), batch_size: int = 1024):
+    def __init__(
+        self,
+        output_path: str = "predictions.parquet",
+        k: int = 100,
+        index: IndexBackend = lazy_instance(ExactIndex),
+        batch_size: int = 1024,
+    ):
         super().__init__()
         suffix = Path(output_path).suffix.lower()
         if suffix not in (".parquet", ".csv"):
@@ -53,13 +59,17 @@ class TopKPredictionWriter(RetrievalCallback):
         items, scores, valid = self.evaluator.retrieve(self.index, user_vectors, exclude, self.k)
         data = datamodule.data
         users = np.repeat(serving.users[rows], self.k)
-        frame = pd.DataFrame({
-            "user_id": data.user_ids[users],
-            "rank": np.tile(np.arange(1, self.k + 1), len(rows)),
-            "item_id": data.item_ids[np.maximum(items.reshape(-1), 0)],
-            "score": scores.reshape(-1),
-        })
-        frame = frame[np.repeat(valid, self.k)]  # masked (zero-vector) users retrieved nothing
+        frame = pd.DataFrame(
+            {
+                "user_id": data.user_ids[users],
+                "rank": np.tile(np.arange(1, self.k + 1), len(rows)),
+                "item_id": data.item_ids[np.maximum(items.reshape(-1), 0)],
+                "score": scores.reshape(-1),
+            }
+        )
+        if not valid.all():  # masked (zero-vector) users retrieved nothing: say so, don't write padding
+            rank_zero_warn(f"{int((~valid).sum())} user(s) have an all-zero embedding and get no predictions")
+            frame = frame[np.repeat(valid, self.k)]
         if trainer.is_global_zero:
             self.output_path.parent.mkdir(parents=True, exist_ok=True)
             if self.output_path.suffix.lower() == ".parquet":

@@ -79,15 +79,17 @@ class RetrievalEvaluation(RetrievalCallback):
         result = self.evaluator.evaluate(
             self.index, user_vectors, targets, exclude, datamodule.item_topics(), item_vectors
         )
-        result.protocol.update({
-            "stage": stage,
-            "split": datamodule.split,
-            "users_in_stage": len(eval_set),
-            "exclude_seen": datamodule.exclude_seen,
-            "max_history": datamodule.max_history,
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
-        })
+        result.protocol.update(
+            {
+                "stage": stage,
+                "split": datamodule.split,
+                "users_in_stage": len(eval_set),
+                "exclude_seen": datamodule.exclude_seen,
+                "max_history": datamodule.max_history,
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+            }
+        )
         self.last_result = result
         for name, value in result.metrics.items():
             pl_module.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=True)
@@ -96,6 +98,7 @@ class RetrievalEvaluation(RetrievalCallback):
         if self.result_card and trainer.is_global_zero:
             card = {
                 "model": type(pl_module).__name__,
+                "parameters": int(sum(p.numel() for p in pl_module.parameters())),
                 "stage": stage,
                 "metrics": result.metrics,
                 "protocol": result.protocol,

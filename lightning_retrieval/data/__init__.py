@@ -2,7 +2,7 @@
 
 from lightning_retrieval.data.datamodule import RetrievalDataModule
 from lightning_retrieval.data.schema import DataValidationError, RawInteractions
-from lightning_retrieval.data.sources import InteractionSource, InteractionsFileSource, MovieLensSource
+from lightning_retrieval.data.sources import InteractionsFileSource, InteractionSource, MovieLensSource
 
 __all__ = [
     "DataValidationError",

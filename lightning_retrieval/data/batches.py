@@ -59,10 +59,6 @@ class BatchBuilder:
         return {"user": users, "history": history, "history_mask": mask, "user_dense": self.user_dense[users]}
 
 
-def _identity(batch):
-    return batch
-
-
 class TrainingExamples(Dataset):
     """(history before t, user features) -> item at t, for every training interaction."""
 
@@ -115,4 +111,4 @@ class EvaluationUsers(Dataset):
 
 def collate_batch(batch):
     """Datasets above already return whole batches; the DataLoader's collate step is the identity."""
-    return _identity(batch)
+    return batch

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Iterator, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
@@ -73,6 +73,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.exclude_seen = exclude_seen
         self.seed = seed
         self.num_workers = num_workers
+        self._eval_sets: dict[str, EvaluationSet] = {}
 
     # ---- prepared data (lazy: the CLI links feature_spec into the model at instantiation) ----
     @cached_property
@@ -121,10 +122,6 @@ class RetrievalDataModule(pl.LightningDataModule):
             "predict": BatchBuilder(d, self.max_history, d.item_counts(before_split=TEST + 1)),
         }
 
-    @cached_property
-    def _eval_sets(self) -> dict[str, EvaluationSet]:
-        return {}
-
     def evaluation_set(self, stage: str) -> EvaluationSet:
         """Evaluated users, their cutoffs, targets and excluded items for 'val', 'test' or 'predict'."""
         if stage not in self._eval_sets:
@@ -149,8 +146,9 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def _users_loader(self, stage: str) -> DataLoader:
         ds = EvaluationUsers(self.builder_for(stage), self.evaluation_set(stage))
-        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._users_loader("val")
@@ -176,11 +174,3 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def describe(self) -> dict:
         return {"source": self.source.describe(), **self.data.report}
-
-    @staticmethod
-    def stage_of(trainer_stage: str) -> str:
-        return {"validate": "val", "sanity_check": "val", "fit": "val"}.get(trainer_stage, trainer_stage)
-
-
-def original_ids(data: PreparedData, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return data.user_ids[users], data.item_ids[items]

@@ -30,9 +30,7 @@ class RawInteractions:
 def require_columns(df: pd.DataFrame, columns: list[str], table: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataValidationError(
-            f"{table}: missing column(s) {missing}; available columns: {list(df.columns)}"
-        )
+        raise DataValidationError(f"{table}: missing column(s) {missing}; available columns: {list(df.columns)}")
 
 
 def _first_rows(mask: np.ndarray, df: pd.DataFrame, n: int = 3) -> list:
@@ -83,7 +81,9 @@ def validate(raw: RawInteractions, sequence_column: str | None = None) -> None:
         items = raw.items
         require_columns(items, ["item_id"], "items")
         if items["item_id"].isna().any():
-            raise DataValidationError(f"items: NaN item_id in rows {_first_rows(items['item_id'].isna().to_numpy(), items)}")
+            raise DataValidationError(
+                f"items: NaN item_id in rows {_first_rows(items['item_id'].isna().to_numpy(), items)}"
+            )
         dup = items["item_id"].duplicated().to_numpy()
         if dup.any():
             raise DataValidationError(f"items: duplicated item_id values {items['item_id'][dup].head(3).tolist()}")

@@ -136,7 +136,9 @@ class InteractionsFileSource(InteractionSource):
         if self.items_path:
             ipath = Path(self.items_path)
             table = _read_table(ipath)
-            wanted = [self.item_column] + ([self.topics_column] if self.topics_column else []) + self.item_feature_columns
+            wanted = (
+                [self.item_column] + ([self.topics_column] if self.topics_column else []) + self.item_feature_columns
+            )
             require_columns(table, wanted, str(ipath))
             items = table[wanted].rename(columns={self.item_column: "item_id"})
             if self.topics_column:

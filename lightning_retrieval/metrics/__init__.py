@@ -2,12 +2,12 @@
 
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.metrics.library import (
+    NDCG,
     Coverage,
     DistinctTopics,
     EmbeddingDiversity,
     HitRate,
     MeanReciprocalRank,
-    NDCG,
     Precision,
     Recall,
     TopicDiversity,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lightning_retrieval.data.preparation import sorted_unique
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.registry import register
 
@@ -81,7 +82,7 @@ class Coverage(RetrievalMetric):
 
     def compute(self, lists: RankedLists, k: int) -> float:
         items = lists.items[lists.valid, :k]
-        return float(np.unique(items).size) / lists.num_items if items.size else 0.0
+        return float(sorted_unique(items.reshape(-1)).size) / lists.num_items if items.size else 0.0
 
 
 def _topic_multi_hot(lists: RankedLists, items: np.ndarray) -> np.ndarray:

@@ -30,24 +30,52 @@ class IdEmbeddings(nn.Module):
         super().__init__()
         item_features = ["item", "neg_item"] + (["history"] if share_item_table else [])
         tables = [
-            EmbeddingBagConfig(name="user_id", embedding_dim=embedding_dim, num_embeddings=num_users,
-                               feature_names=["user"], pooling=PoolingType.MEAN),
-            EmbeddingBagConfig(name="item_id", embedding_dim=embedding_dim, num_embeddings=num_items,
-                               feature_names=item_features, pooling=PoolingType.MEAN),
+            EmbeddingBagConfig(
+                name="user_id",
+                embedding_dim=embedding_dim,
+                num_embeddings=num_users,
+                feature_names=["user"],
+                pooling=PoolingType.MEAN,
+            ),
+            EmbeddingBagConfig(
+                name="item_id",
+                embedding_dim=embedding_dim,
+                num_embeddings=num_items,
+                feature_names=item_features,
+                pooling=PoolingType.MEAN,
+            ),
         ]
         if not share_item_table:
-            tables.append(EmbeddingBagConfig(name="history_item_id", embedding_dim=embedding_dim,
-                                             num_embeddings=num_items, feature_names=["history"],
-                                             pooling=PoolingType.MEAN))
+            tables.append(
+                EmbeddingBagConfig(
+                    name="history_item_id",
+                    embedding_dim=embedding_dim,
+                    num_embeddings=num_items,
+                    feature_names=["history"],
+                    pooling=PoolingType.MEAN,
+                )
+            )
         if num_topics > 0:
-            tables.append(EmbeddingBagConfig(name="topic", embedding_dim=embedding_dim, num_embeddings=num_topics,
-                                             feature_names=["item_topics", "neg_item_topics"],
-                                             pooling=PoolingType.MEAN))
-        self.bounds = {"user": num_users, "item": num_items, "neg_item": num_items, "history": num_items,
-                       "item_topics": num_topics, "neg_item_topics": num_topics}
+            tables.append(
+                EmbeddingBagConfig(
+                    name="topic",
+                    embedding_dim=embedding_dim,
+                    num_embeddings=num_topics,
+                    feature_names=["item_topics", "neg_item_topics"],
+                    pooling=PoolingType.MEAN,
+                )
+            )
+        self.bounds = {
+            "user": num_users,
+            "item": num_items,
+            "neg_item": num_items,
+            "history": num_items,
+            "item_topics": num_topics,
+            "neg_item_topics": num_topics,
+        }
         self.collection = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
         for table in self.collection.embedding_bags.values():
-            nn.init.normal_(table.weight, std=embedding_dim ** -0.5)
+            nn.init.normal_(table.weight, std=embedding_dim**-0.5)
         self.feature_names = [f for t in tables for f in t.feature_names]
         self.dropout = nn.Dropout(dropout)
         self.embedding_dim = embedding_dim

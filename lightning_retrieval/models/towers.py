@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,9 @@ class FeatureCrossingTower(Tower):
     ):
         super().__init__()
         self.num_fields, self.field_dim = num_fields, field_dim
-        self.field_norm = nn.ModuleList(nn.LayerNorm(field_dim) for _ in range(num_fields)) if field_layer_norm else None
+        self.field_norm = (
+            nn.ModuleList(nn.LayerNorm(field_dim) for _ in range(num_fields)) if field_layer_norm else None
+        )
         self.crossing: CrossingBlock = crossing(num_fields, field_dim)
         if not isinstance(self.crossing, CrossingBlock):
             raise TypeError(f"crossing must build a CrossingBlock, got {type(self.crossing).__name__}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T", bound=type)
 
@@ -51,9 +52,7 @@ def register(name: str) -> Callable[[T], T]:
             clash = [c for c in _concrete_subclasses(_KINDS[kind]) if c is not cls and _own_name(c) == name]
             clash = [c for c in clash if _import_path(c) != _import_path(cls)]  # same class re-imported is fine
             if clash:
-                raise ValueError(
-                    f"name {name!r} in registry {kind!r} is already taken by {_import_path(clash[0])}"
-                )
+                raise ValueError(f"name {name!r} in registry {kind!r} is already taken by {_import_path(clash[0])}")
         return cls
 
     return decorate

@@ -65,7 +65,9 @@ def install() -> None:
     def extra_help(self) -> str:
         text = original_extra_help(self)
         names = []
-        for kind, _ in _kinds_in(typehints.get_subclass_types(self._typehint, also_containers=True, callable_return=True) or ()):
+        for kind, _ in _kinds_in(
+            typehints.get_subclass_types(self._typehint, also_containers=True, callable_return=True) or ()
+        ):
             names += [f"{c.name} ({kind})" for c in core.components(kind)]
         return text + (", registry names: " + ", ".join(dict.fromkeys(names)) if names else "")
 

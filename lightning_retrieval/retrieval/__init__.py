@@ -7,6 +7,7 @@ from lightning_retrieval.retrieval.index import (
     IndexBackend,
     IVFPQIndex,
     RetrievalIndexError,
+    TorchExactIndex,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "RankedLists",
     "RetrievalEvaluator",
     "RetrievalIndexError",
+    "TorchExactIndex",
 ]

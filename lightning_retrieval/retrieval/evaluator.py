@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lightning_retrieval.data.preparation import CSR
+from lightning_retrieval.data.preparation import sorted_member as _member
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.registry import resolve
 from lightning_retrieval.retrieval.index import IndexBackend, RetrievalIndexError
 
-DEFAULT_METRICS = ("recall", "ndcg", "hit_rate", "mrr", "coverage", "topic_diversity", "distinct_topics",
-                   "embedding_diversity")
+DEFAULT_METRICS = (
+    "recall",
+    "ndcg",
+    "hit_rate",
+    "mrr",
+    "coverage",
+    "topic_diversity",
+    "distinct_topics",
+    "embedding_diversity",
+)
 
 
 @dataclass
@@ -29,14 +38,6 @@ class EvaluationResult:
     lists: RankedLists
     scores: np.ndarray
     protocol: dict = field(default_factory=dict)
-
-
-def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Elementwise ``keys in sorted_keys`` (both int64), any shape."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
-    return sorted_keys[np.minimum(pos, sorted_keys.size - 1)] == keys
 
 
 class RetrievalEvaluator:
@@ -49,15 +50,16 @@ class RetrievalEvaluator:
         batch_size: users per search batch (memory only: results do not depend on it).
     """
 
-    def __init__(self, ks: list[int] = (10, 20, 50, 100), metrics: list[str] = DEFAULT_METRICS,
-                 batch_size: int = 1024):
+    def __init__(self, ks: list[int] = (10, 20, 50, 100), metrics: list[str] = DEFAULT_METRICS, batch_size: int = 1024):
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"ks must be positive cut-offs, got {ks}")
         self.ks = sorted(set(int(k) for k in ks))
         self.metrics: list[RetrievalMetric] = [resolve("metrics", m)() for m in metrics]
         self.batch_size = batch_size
 
-    def retrieve(self, index: IndexBackend, queries: np.ndarray, exclude: CSR, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def retrieve(
+        self, index: IndexBackend, queries: np.ndarray, exclude: CSR, depth: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``depth`` items per query after removing its excluded items.
 
         Returns ``(items [U, depth], scores [U, depth], valid [U])``; zero query vectors are masked

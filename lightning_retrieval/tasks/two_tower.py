@@ -47,8 +47,9 @@ class TwoTowerRetrieval(RetrievalModel):
         num_users, num_items, num_topics, user_dense, item_dense = self.require_spec(
             "num_users", "num_items", "num_topics", "user_dense_dim", "item_dense_dim"
         )
-        self.embeddings = IdEmbeddings(num_users, num_items, num_topics, embedding_dim,
-                                       share_item_table=share_item_embeddings, dropout=id_dropout)
+        self.embeddings = IdEmbeddings(
+            num_users, num_items, num_topics, embedding_dim, share_item_table=share_item_embeddings, dropout=id_dropout
+        )
         self.user_dense = nn.Linear(user_dense, embedding_dim) if user_dense else None
         self.item_dense = nn.Linear(item_dense, embedding_dim) if item_dense else None
         self.has_topics = num_topics > 0
@@ -101,8 +102,9 @@ class TwoTowerRetrieval(RetrievalModel):
         users = self.embed_users(batch)
         items = self.embed_items(batch)
         neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
-        return self.loss(users, items, batch["item"], batch["item_log_q"], neg,
-                         batch.get("neg_item"), batch.get("neg_log_q"))
+        return self.loss(
+            users, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
+        )
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,7 +22,9 @@ class CrossingBlock(nn.Module):
     def __init__(self, num_fields: int, field_dim: int):
         super().__init__()
         if num_fields < 1 or field_dim < 1:
-            raise ValueError(f"a crossing block needs num_fields >= 1 and field_dim >= 1, got {num_fields}, {field_dim}")
+            raise ValueError(
+                f"a crossing block needs num_fields >= 1 and field_dim >= 1, got {num_fields}, {field_dim}"
+            )
         self.num_fields = num_fields
         self.field_dim = field_dim
         self.output_dim = num_fields * field_dim
@@ -38,8 +40,13 @@ class CrossingBlock(nn.Module):
 CrossingFactory = Callable[[int, int], CrossingBlock]
 
 
-def mlp(dims: list[int], dropout: float = 0.0, activation: str = "relu", layer_norm: bool = False,
-        last_activation: bool = True) -> nn.Sequential:
+def mlp(
+    dims: list[int],
+    dropout: float = 0.0,
+    activation: str = "relu",
+    layer_norm: bool = False,
+    last_activation: bool = True,
+) -> nn.Sequential:
     """Linear layers ``dims[0] -> dims[1] -> ...`` with activation (and optional LayerNorm, dropout)."""
     acts = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
     if activation not in acts:
