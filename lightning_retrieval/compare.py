@@ -58,6 +58,7 @@ def run_config(config: Path, quiet: bool = True) -> dict:
     card = read_result_card(run_dir)
     row = {"config": config.stem, "model": card["model"], "parameters": card.get("parameters")}
     row.update({m: card["metrics"].get(m) for m in METRICS})
+    row.update({m: v for m, v in sorted(card["metrics"].items()) if m.startswith("recall@50/")})  # per segment
     epoch_seconds = []
     for metrics_file in run_dir.rglob("metrics.csv"):
         frame = pd.read_csv(metrics_file)

@@ -13,5 +13,6 @@ import lightning_retrieval.models.interests  # noqa: F401
 import lightning_retrieval.models.towers  # noqa: F401
 import lightning_retrieval.retrieval.index  # noqa: F401
 import lightning_retrieval.retrieval.merging  # noqa: F401
+import lightning_retrieval.tasks.multi_embedding  # noqa: F401
 import lightning_retrieval.tasks.popularity  # noqa: F401
 import lightning_retrieval.tasks.two_tower  # noqa: F401

@@ -161,3 +161,25 @@ def test_cli_trains_the_plugin_config(tmp_path):
     assert np.isfinite(metrics["val/recall@50"].dropna()).all()
     hparams = next((tmp_path / "runs/plugin_example").rglob("config.yaml")).read_text()
     assert "GatedFieldCrossing" in hparams
+
+
+def test_cli_multi_embedding_fit_and_predict(tmp_path):
+    cfg = str(REPO / "configs" / "dcm.yaml")
+    _cli("fit", "--config", cfg, "--trainer.max_epochs=1", "--trainer.limit_train_batches=10", cwd=tmp_path)
+    card = json.loads(next((tmp_path / "runs/dcm").rglob("result_card_val.json")).read_text())
+    assert card["protocol"]["embeddings_per_user"] == 4 and card["protocol"]["merger"] == "round_robin"
+    assert card["protocol"]["searched_embeddings"] >= 610
+    assert any(k.startswith("recall@50/history_") for k in card["metrics"])
+    ckpt = tmp_path / "runs/dcm/checkpoints/last.ckpt"
+    _cli(
+        "predict",
+        "--config",
+        cfg,
+        "--config",
+        str(REPO / "configs" / "predict_topk.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        cwd=tmp_path,
+    )
+    pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
+    assert len(pred) == 610 * 100 and not pred.duplicated(["user_id", "item_id"]).any()

@@ -16,29 +16,31 @@ class RetrievalCallback(pl.Callback):
     """Collects user vectors from evaluation steps and embeds the corpus with the item tower."""
 
     def __init__(self):
-        self._rows: list[torch.Tensor] = []
-        self._vectors: list[torch.Tensor] = []
+        self._reset()
 
     def _reset(self) -> None:
-        self._rows, self._vectors = [], []
+        self._outputs: dict[str, list[torch.Tensor]] = {}
 
     def _collect(self, outputs) -> None:
         if not isinstance(outputs, dict) or "user_embeddings" not in outputs:
-            raise TypeError("evaluation steps must return {'user_embeddings': [B, D], 'eval_row': [B]}")
-        self._rows.append(outputs["eval_row"].detach())
-        self._vectors.append(outputs["user_embeddings"].detach().float())
+            raise TypeError("evaluation steps must return {'user_embeddings': [B, D] or [B, K, D], 'eval_row': [B]}")
+        for key, value in outputs.items():
+            value = value.detach()
+            self._outputs.setdefault(key, []).append(value.float() if key == "user_embeddings" else value)
 
-    def _gathered(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows [U], vectors [U, D])`` from all processes, de-duplicated by row (samplers may pad)."""
-        if not self._rows:
+    def _gathered(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, np.ndarray]:
+        """Collected outputs from all processes, ordered and de-duplicated by ``eval_row`` (samplers may pad).
+
+        Keys: ``eval_row [U]``, ``user_embeddings [U, D]`` or ``[U, K, D]``, optional ``user_valid [U, K]``.
+        """
+        if not self._outputs:
             raise RuntimeError("no user vectors were collected: did the evaluation dataloader yield batches?")
-        rows, vectors = torch.cat(self._rows), torch.cat(self._vectors)
+        merged = {k: torch.cat(v) for k, v in self._outputs.items()}
         if trainer.world_size > 1:
-            rows = pl_module.all_gather(rows).reshape(-1)
-            vectors = pl_module.all_gather(vectors).reshape(-1, vectors.shape[-1])
-        rows_np = rows.cpu().numpy()
-        uniq, first = np.unique(rows_np, return_index=True)
-        return uniq, vectors.cpu().numpy()[first]
+            merged = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in merged.items()}
+        merged = {k: v.cpu().numpy() for k, v in merged.items()}
+        rows, first = np.unique(merged["eval_row"], return_index=True)
+        return {k: v[first] for k, v in merged.items()}
 
     @staticmethod
     @torch.no_grad()

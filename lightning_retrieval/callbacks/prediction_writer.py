@@ -10,10 +10,11 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
-from lightning_retrieval.data.preparation import _take_rows
+from lightning_retrieval.data.preparation import take_rows
 from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.evaluator import RetrievalEvaluator
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
 
 
 @register("topk_prediction_writer")
@@ -26,6 +27,7 @@ class TopKPredictionWriter(RetrievalCallback):
         output_path: ``.parquet`` or ``.csv`` file.
         k: items per user.
         index: index backend.
+        merger: merges a multi-embedding model's per-embedding lists (``round_robin``, ``score``).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class TopKPredictionWriter(RetrievalCallback):
         output_path: str = "predictions.parquet",
         k: int = 100,
         index: IndexBackend = lazy_instance(ExactIndex),
+        merger: ResultMerger = lazy_instance(RoundRobinMerger),
         batch_size: int = 1024,
     ):
         super().__init__()
@@ -42,6 +45,7 @@ class TopKPredictionWriter(RetrievalCallback):
         self.output_path = Path(output_path)
         self.k = k
         self.index = index
+        self.merger = merger
         self.evaluator = RetrievalEvaluator([k], metrics=[], batch_size=batch_size)
 
     def on_predict_epoch_start(self, trainer, pl_module):
@@ -53,10 +57,16 @@ class TopKPredictionWriter(RetrievalCallback):
     def on_predict_epoch_end(self, trainer, pl_module):
         datamodule = trainer.datamodule
         serving = datamodule.evaluation_set("predict")
-        rows, user_vectors = self._gathered(trainer, pl_module)
-        exclude = serving.exclude if len(rows) == len(serving) else _take_rows(serving.exclude, rows)
+        out = self._gathered(trainer, pl_module)
+        rows, user_vectors = out["eval_row"], out["user_embeddings"]
+        exclude = serving.exclude if len(rows) == len(serving) else take_rows(serving.exclude, rows)
         self.index.build(self.corpus_vectors(trainer, pl_module, "predict"))
-        items, scores, valid = self.evaluator.retrieve(self.index, user_vectors, exclude, self.k)
+        if user_vectors.ndim == 3:  # multi-embedding model: one search per kept embedding, then merge
+            items, scores, valid = self.evaluator.retrieve_multi(
+                self.index, user_vectors, out["user_valid"], exclude, self.k, self.merger
+            )
+        else:
+            items, scores, valid = self.evaluator.retrieve(self.index, user_vectors, exclude, self.k)
         data = datamodule.data
         users = np.repeat(serving.users[rows], self.k)
         frame = pd.DataFrame(

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 from jsonargparse import lazy_instance
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.callbacks.result_card import write_result_card
-from lightning_retrieval.data.preparation import _take_rows
+from lightning_retrieval.data.preparation import take_rows
 from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
+
+
+def history_segments(history_length: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
+    """Boolean user masks per history-length bucket, e.g. edges [10, 50] -> history_1-9, _10-49, _50+."""
+    bounds = [1, *edges, None]
+    segments = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        name = f"history_{lo}-{hi - 1}" if hi is not None else f"history_{lo}+"
+        segments[name] = (history_length >= lo) & (history_length < hi if hi is not None else True)
+    return segments
 
 
 @register("retrieval_evaluation")
@@ -25,7 +37,10 @@ class RetrievalEvaluation(RetrievalCallback):
     Args:
         ks: cut-offs.
         metrics: metric registry names.
-        index: index backend (``exact`` default; ``hnsw``, ``ivfpq``).
+        index: index backend (``exact`` default; ``exact_torch``, ``hnsw``, ``ivfpq``).
+        merger: how multi-embedding models' per-embedding lists become one list (``round_robin``, ``score``).
+        segment_edges: history-length bucket edges; metrics in ``segment_metrics`` are also reported per
+            bucket as ``<stage>/<metric>@<k>/history_<lo>-<hi>`` (which users a model helps).
         batch_size: users per search batch (does not change results).
         corpus_batch_size: items per item-tower batch when embedding the corpus.
         result_card: write the result card files.
@@ -36,6 +51,9 @@ class RetrievalEvaluation(RetrievalCallback):
         ks: list[int] = [10, 20, 50, 100],  # noqa: B006
         metrics: list[str] = list(DEFAULT_METRICS),  # noqa: B006
         index: IndexBackend = lazy_instance(ExactIndex),
+        merger: ResultMerger = lazy_instance(RoundRobinMerger),
+        segment_edges: list[int] = [10, 50, 200],  # noqa: B006
+        segment_metrics: list[str] = ["recall", "ndcg", "hit_rate"],  # noqa: B006
         batch_size: int = 1024,
         corpus_batch_size: int = 8192,
         result_card: bool = True,
@@ -43,6 +61,9 @@ class RetrievalEvaluation(RetrievalCallback):
         super().__init__()
         self.evaluator = RetrievalEvaluator(ks, metrics, batch_size)
         self.index = index
+        self.merger = merger
+        self.segment_edges = sorted(segment_edges)
+        self.segment_metrics = tuple(segment_metrics)
         self.corpus_batch_size = corpus_batch_size
         self.result_card = result_card
         self.last_result = None
@@ -70,14 +91,24 @@ class RetrievalEvaluation(RetrievalCallback):
     def _evaluate(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         datamodule = trainer.datamodule
         eval_set = datamodule.evaluation_set(stage)
-        rows, user_vectors = self._gathered(trainer, pl_module)
+        out = self._gathered(trainer, pl_module)
+        rows = out["eval_row"]
         targets, exclude = eval_set.targets, eval_set.exclude
         if len(rows) < len(eval_set):  # e.g. limit_val_batches: evaluate the users that were embedded
-            targets, exclude = _take_rows(targets, rows), _take_rows(exclude, rows)
+            targets, exclude = take_rows(targets, rows), take_rows(exclude, rows)
         item_vectors = self.corpus_vectors(trainer, pl_module, stage, self.corpus_batch_size)
         self.index.build(item_vectors)
         result = self.evaluator.evaluate(
-            self.index, user_vectors, targets, exclude, datamodule.item_topics(), item_vectors
+            self.index,
+            out["user_embeddings"],
+            targets,
+            exclude,
+            datamodule.item_topics(),
+            item_vectors,
+            user_valid=out.get("user_valid"),
+            merger=self.merger,
+            segments=history_segments(out["history_length"], self.segment_edges),
+            segment_metrics=self.segment_metrics,
         )
         result.protocol.update(
             {
@@ -93,7 +124,15 @@ class RetrievalEvaluation(RetrievalCallback):
         self.last_result = result
         for name, value in result.metrics.items():
             pl_module.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=True)
-        for name in ("corpus_size", "evaluated_users", "masked_users", "excluded_items_total", "exact", "seconds"):
+        for name in (
+            "corpus_size",
+            "evaluated_users",
+            "masked_users",
+            "excluded_items_total",
+            "exact",
+            "seconds",
+            "searched_embeddings",
+        ):
             pl_module.log(f"{stage}/protocol/{name}", float(result.protocol[name]), rank_zero_only=True)
         if self.result_card and trainer.is_global_zero:
             card = {

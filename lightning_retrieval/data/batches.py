@@ -1,7 +1,8 @@
 """Batch construction by vectorised gathers; datasets return whole batches via ``__getitems__``.
 
 Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
-    user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), user_dense [B, Fu],
+    user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), history_length [B] (all
+    earlier interactions, not only the last L), user_dense [B, Fu],
     item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
     optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
 """
@@ -56,7 +57,13 @@ class BatchBuilder:
 
     def user_features(self, users: torch.Tensor, cutoff: torch.Tensor) -> dict[str, torch.Tensor]:
         history, mask = self.history(users, cutoff)
-        return {"user": users, "history": history, "history_mask": mask, "user_dense": self.user_dense[users]}
+        return {
+            "user": users,
+            "history": history,
+            "history_mask": mask,
+            "history_length": cutoff - self.user_offsets[users],  # full length, before the max_history window
+            "user_dense": self.user_dense[users],
+        }
 
 
 class TrainingExamples(Dataset):

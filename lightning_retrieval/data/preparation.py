@@ -321,7 +321,7 @@ def evaluation_set(data: PreparedData, stage: str, exclude_seen: bool = True) ->
         report["users_without_new_targets"] = int(without_targets.sum())
         keep_rows = np.flatnonzero(~without_targets)
         users, start, cutoff = users[keep_rows], start[keep_rows], cutoff[keep_rows]
-        targets, exclude = _take_rows(targets, keep_rows), _take_rows(exclude, keep_rows)
+        targets, exclude = take_rows(targets, keep_rows), take_rows(exclude, keep_rows)
     report["evaluated_users"] = int(len(users))
     return EvaluationSet(stage, users, start, cutoff, targets, exclude, report)
 
@@ -337,7 +337,7 @@ def serving_set(data: PreparedData) -> EvaluationSet:
     )
 
 
-def _take_rows(csr: CSR, rows: np.ndarray) -> CSR:
+def take_rows(csr: CSR, rows: np.ndarray) -> CSR:
     lengths = csr.lengths[rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lightning_retrieval.data.preparation import CSR
+from lightning_retrieval.data.preparation import CSR, take_rows
 from lightning_retrieval.data.preparation import sorted_member as _member
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.registry import resolve
 from lightning_retrieval.retrieval.index import IndexBackend, RetrievalIndexError
+from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
 
 DEFAULT_METRICS = (
     "recall",
@@ -99,6 +100,32 @@ class RetrievalEvaluator:
             scores[rows] = np.take_along_axis(batch_scores, keep, 1)
         return items, scores, valid
 
+    def retrieve_multi(
+        self,
+        index: IndexBackend,
+        queries: np.ndarray,
+        valid: np.ndarray,
+        exclude: CSR,
+        depth: int,
+        merger: ResultMerger,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Multi-embedding retrieval: one search per valid embedding ``queries [U, K, D]`` (``valid [U, K]``),
+        each excluding its user's seen items, merged per user into ``depth`` items.
+
+        Returns ``(items [U, depth], scores [U, depth], user_valid [U])``; a user is valid if at least one of
+        their embeddings was searched.
+        """
+        users, slots = np.nonzero(valid)
+        items_q, scores_q, searched = self.retrieve(index, queries[users, slots], take_rows(exclude, users), depth)
+        n_users, k = valid.shape
+        grid_items = np.full((n_users, k, depth), -1, dtype=np.int64)
+        grid_scores = np.full((n_users, k, depth), -np.inf, dtype=np.float32)
+        grid_valid = np.zeros((n_users, k), dtype=bool)
+        grid_items[users, slots], grid_scores[users, slots] = items_q, scores_q
+        grid_valid[users, slots] = searched
+        items, scores = merger.merge(grid_items, grid_scores, grid_valid, depth)
+        return items, scores, grid_valid.any(1)
+
     def evaluate(
         self,
         index: IndexBackend,
@@ -107,13 +134,28 @@ class RetrievalEvaluator:
         exclude: CSR,
         item_topics: CSR | None = None,
         item_vectors: np.ndarray | None = None,
+        user_valid: np.ndarray | None = None,
+        merger: ResultMerger | None = None,
+        segments: dict[str, np.ndarray] | None = None,
+        segment_metrics: tuple[str, ...] = ("recall", "ndcg", "hit_rate"),
     ) -> EvaluationResult:
-        """Metrics for users ``user_vectors [U, D]`` against an index built on the corpus."""
+        """Metrics for users ``user_vectors`` ``[U, D]`` (or ``[U, K, D]`` with ``user_valid [U, K]`` and a
+        ``merger``, default round-robin) against an index built on the corpus.
+
+        ``segments`` maps a segment name to a boolean user mask ``[U]``; ``segment_metrics`` are then also
+        reported per segment as ``<metric>@<k>/<segment>``.
+        """
         start = time.perf_counter()
         depth = max(self.ks)
         if depth > index.size:
             raise RetrievalIndexError(f"k={depth} is larger than the corpus ({index.size} items)")
-        items, scores, valid = self.retrieve(index, user_vectors, exclude, depth)
+        if user_vectors.ndim == 3:
+            if user_valid is None:
+                user_valid = np.ones(user_vectors.shape[:2], dtype=bool)
+            merger = merger or RoundRobinMerger()
+            items, scores, valid = self.retrieve_multi(index, user_vectors, user_valid, exclude, depth, merger)
+        else:
+            items, scores, valid = self.retrieve(index, user_vectors, exclude, depth)
         n_items = index.size
         hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
         lists = RankedLists(
@@ -141,10 +183,18 @@ class RetrievalEvaluator:
                     metrics[key] = float(value[users].mean()) if users.any() else 0.0
                 else:
                     metrics[key] = float(value)
+        for name, members in (segments or {}).items():
+            members = np.asarray(members, dtype=bool)
+            for key, values in per_user.items():
+                if key.split("@")[0] in segment_metrics and members.any():
+                    metrics[f"{key}/{name}"] = float(values[members].mean())
         protocol = {
             "ks": self.ks,
+            "embeddings_per_user": int(user_vectors.shape[1]) if user_vectors.ndim == 3 else 1,
+            "merger": getattr(type(merger), "registry_name", None) if user_vectors.ndim == 3 else None,
             "evaluated_users": int(len(items)),
             "masked_users": int((~valid).sum()),
+            "searched_embeddings": int(user_valid.sum()) if user_vectors.ndim == 3 else int(valid.sum()),
             "excluded_items_total": int(exclude.values.size),
             "targets_total": int(targets.values.size),
             "seconds": round(time.perf_counter() - start, 4),

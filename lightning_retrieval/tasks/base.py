@@ -34,8 +34,8 @@ class RetrievalModel(pl.LightningModule):
             )
         return [int(self.feature_spec[k]) for k in keys]
 
-    def embed_users(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """User vectors ``[B, D]``."""
+    def embed_users(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """User vectors ``[B, D]``, or for multi-embedding models ``([B, K, D], valid [B, K])``."""
         raise NotImplementedError
 
     def embed_items(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -46,13 +46,23 @@ class RetrievalModel(pl.LightningModule):
         """Loss of the user's first target (a diagnostic logged as ``<stage>/loss``); None if not defined."""
         return None
 
-    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+    def _user_outputs(self, batch) -> dict[str, torch.Tensor]:
         users = self.embed_users(batch)
+        out = {"eval_row": batch["eval_row"]}
+        if isinstance(users, tuple):
+            users, valid = users
+            out["user_valid"] = valid.detach()
+        out["user_embeddings"] = users.detach()
+        return out
+
+    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        out = self._user_outputs(batch)
         if "item" in batch:
             loss = self.evaluation_loss(batch)
             if loss is not None:
-                self.log(f"{stage}/loss", loss, batch_size=users.shape[0])
-        return {"user_embeddings": users.detach(), "eval_row": batch["eval_row"]}
+                self.log(f"{stage}/loss", loss, batch_size=out["eval_row"].shape[0])
+        out["history_length"] = batch["history_length"]
+        return out
 
     def validation_step(self, batch, batch_idx):
         return self._evaluation_step(batch, "val")
@@ -61,4 +71,4 @@ class RetrievalModel(pl.LightningModule):
         return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        return {"user_embeddings": self.embed_users(batch).detach(), "eval_row": batch["eval_row"]}
+        return self._user_outputs(batch)

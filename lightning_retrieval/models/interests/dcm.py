@@ -1,0 +1,74 @@
+"""Differentiable Clustering Module (Pinterest KDD'25): capsule routing with maxmin init and single assignment."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_retrieval.models.interests.base import InterestModule, farthest_point_order, squash
+from lightning_retrieval.registry import register
+
+
+@register("dcm")
+class DifferentiableClusteringModule(InterestModule):
+    """Clusters the history inside the network into K interest centroids.
+
+    1. Maxmin (farthest-point) initialisation: centroid 1 is the most recent valid item (``first: recent``) or
+       a random valid one (``first: random``, training only); each next centroid is the valid item least
+       similar to the chosen ones. So the first centroids are the most spread out / representative, which
+       is what lets serving keep only the first K_u of them.
+    2. ``iterations`` rounds of routing: ``w_lk = softmax_k(c_k · S e_l)``; with ``single_assignment`` only
+       the arg-max centroid keeps its (differentiable) weight, so every history item feeds exactly one
+       cluster; ``c_k = squash(Σ_l w_lk S e_l)``.
+    3. A slot is valid if the user had enough distinct valid items and the cluster received weight.
+
+    Args:
+        bilinear: learn the shared map ``S`` (initialised to the identity), else ``S = I``.
+        importance: returned per interest as routing mass ``Σ_l w_lk`` (used for ordering-free budgets).
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_interests: int = 7,
+        iterations: int = 3,
+        single_assignment: bool = True,
+        bilinear: bool = True,
+        first: str = "recent",
+    ):
+        super().__init__(embedding_dim, num_interests)
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if first not in ("recent", "random"):
+            raise ValueError(f"first must be 'recent' or 'random', got {first!r}")
+        self.iterations = iterations
+        self.single_assignment = single_assignment
+        self.first = first
+        self.S = nn.Linear(embedding_dim, embedding_dim, bias=False) if bilinear else None
+        if self.S is not None:
+            nn.init.eye_(self.S.weight)
+        self.last_assignment: torch.Tensor | None = None  # [B, L, K] routing weights of the last call
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``history [B, L, D]``, ``mask [B, L]`` -> ``(interests [B, K, D], valid [B, K])``."""
+        self.check_input(history, mask)
+        batch = history.shape[0]
+        se = self.S(history) if self.S is not None else history
+        first = None
+        if self.first == "random" and self.training:
+            noise = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+            first = noise.argmax(1)
+        positions, slot_valid = farthest_point_order(history.detach(), mask, self.num_interests, first)
+        centroids = se[torch.arange(batch)[:, None], positions]  # [B, K, D]
+        slot_mask = slot_valid[:, None, :]  # [B, 1, K]
+        for _ in range(self.iterations):
+            logits = torch.einsum("bkd,bld->blk", centroids, se).masked_fill(~slot_mask, float("-inf"))
+            weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # users without valid slots -> 0
+            if self.single_assignment:
+                winner = torch.nn.functional.one_hot(logits.argmax(-1), self.num_interests).bool()
+                weights = weights * winner
+            weights = weights * mask[:, :, None]
+            centroids = squash(torch.einsum("blk,bld->bkd", weights, se))
+        self.last_assignment = weights.detach()
+        valid = slot_valid & (weights.sum(1) > 0)
+        return centroids, valid

@@ -1,0 +1,46 @@
+"""Self-attentive multi-interest extraction (ComiRec-SA, Cen et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_retrieval.models.interests.base import InterestModule
+from lightning_retrieval.registry import register
+
+
+@register("multihead_attention")
+class SelfAttentiveInterests(InterestModule):
+    """``A = softmax_L(W2 tanh(W1 (H + P)^T))`` gives K attention distributions over the history; ``V = A H``.
+
+    Args:
+        hidden_dim: width of the attention MLP (ComiRec uses 4D).
+        max_length: positions with learned embeddings ``P`` (0 disables them).
+    """
+
+    def __init__(
+        self, embedding_dim: int, num_interests: int = 4, hidden_dim: int | None = None, max_length: int = 200
+    ):
+        super().__init__(embedding_dim, num_interests)
+        hidden = hidden_dim or 4 * embedding_dim
+        self.attention = nn.Sequential(
+            nn.Linear(embedding_dim, hidden, bias=False), nn.Tanh(), nn.Linear(hidden, num_interests, bias=False)
+        )
+        self.position = nn.Embedding(max_length, embedding_dim) if max_length else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``history [B, L, D]``, ``mask [B, L]`` -> ``(interests [B, K, D], valid [B, K])``."""
+        self.check_input(history, mask)
+        keyed = history
+        if self.position is not None:
+            length = history.shape[1]
+            if length > self.position.num_embeddings:
+                raise ValueError(f"history length {length} exceeds max_length={self.position.num_embeddings}")
+            keyed = history + self.position.weight[:length][None]
+        logits = self.attention(keyed).masked_fill(~mask[:, :, None], float("-inf"))  # [B, L, K]
+        attn = torch.softmax(logits, dim=1).nan_to_num(0.0)
+        interests = torch.einsum("blk,bld->bkd", attn, history)
+        valid = mask.any(1, keepdim=True).expand(-1, self.num_interests)
+        return interests, valid
