@@ -17,6 +17,7 @@ import yaml
 
 from lightning_retrieval.callbacks.result_card import read_result_card
 
+CONDITIONAL = ("cond_recall", "match_rate", "scanned_per_query", "short_queries")
 METRICS = (
     "recall@20",
     "recall@50",
@@ -57,7 +58,8 @@ def run_config(config: Path, quiet: bool = True) -> dict:
     wall = time.perf_counter() - started
     card = read_result_card(run_dir)
     row = {"config": config.stem, "model": card["model"], "parameters": card.get("parameters")}
-    row.update({m: card["metrics"].get(m) for m in METRICS})
+    row.update({m: card["metrics"].get(m) for m in METRICS if m in card["metrics"]})
+    row.update({m: v for m, v in card["metrics"].items() if m.split("@")[0] in CONDITIONAL or m in CONDITIONAL})
     row.update({m: v for m, v in sorted(card["metrics"].items()) if m.startswith("recall@50/")})  # per segment
     epoch_seconds = []
     for metrics_file in run_dir.rglob("metrics.csv"):

@@ -1,5 +1,6 @@
 """Imports every built-in component module so that each registered subclass is known to the registry."""
 
+import lightning_retrieval.callbacks.conditional_evaluation  # noqa: F401
 import lightning_retrieval.callbacks.prediction_writer  # noqa: F401
 import lightning_retrieval.callbacks.retrieval_evaluation  # noqa: F401
 import lightning_retrieval.callbacks.training_speed  # noqa: F401
@@ -11,8 +12,10 @@ import lightning_retrieval.models.conditions  # noqa: F401
 import lightning_retrieval.models.crossing  # noqa: F401
 import lightning_retrieval.models.interests  # noqa: F401
 import lightning_retrieval.models.towers  # noqa: F401
+import lightning_retrieval.retrieval.filtering  # noqa: F401
 import lightning_retrieval.retrieval.index  # noqa: F401
 import lightning_retrieval.retrieval.merging  # noqa: F401
+import lightning_retrieval.tasks.conditional  # noqa: F401
 import lightning_retrieval.tasks.multi_embedding  # noqa: F401
 import lightning_retrieval.tasks.popularity  # noqa: F401
 import lightning_retrieval.tasks.two_tower  # noqa: F401

@@ -183,3 +183,21 @@ def test_cli_multi_embedding_fit_and_predict(tmp_path):
     )
     pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
     assert len(pred) == 610 * 100 and not pred.duplicated(["user_id", "item_id"]).any()
+
+
+def test_cli_conditional_retrieval_and_index_baseline(tmp_path):
+    _cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/conditional/cr_filter.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=10",
+        cwd=tmp_path,
+    )
+    card = json.loads(next((tmp_path / "runs/cr_filter").rglob("result_card_val_conditional.json")).read_text())
+    assert card["protocol"]["filter"] == "streaming" and card["protocol"]["queries"] > 610
+    assert card["metrics"]["match_rate@50"] == pytest.approx(1.0)  # a filter admits only matching items
+    _cli("test", "--config", str(REPO / "configs/conditional/index.yaml"), cwd=tmp_path)
+    index_card = json.loads(next((tmp_path / "runs/index").rglob("result_card_test_conditional.json")).read_text())
+    assert index_card["model"] == "PopularityRetrieval" and index_card["metrics"]["match_rate@50"] == 1.0
+    assert index_card["metrics"]["cond_recall@50"] > 0

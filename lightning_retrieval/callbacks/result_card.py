@@ -22,11 +22,28 @@ def write_result_card(directory: Path, stage: str, card: dict) -> tuple[Path, Pa
 
 
 def read_result_card(path: Path) -> dict:
+    """A result card file, or the newest test card under a run directory.
+
+    A directory's ``result_card_test.json`` and ``result_card_test_conditional.json`` (from the conditional
+    evaluation) are merged, so one row can show both kinds of metrics.
+    """
     path = Path(path)
-    if path.is_dir():
-        by_time = lambda paths: sorted(paths, key=lambda p: p.stat().st_mtime)  # noqa: E731
-        cards = by_time(path.rglob("result_card_test.json")) or by_time(path.rglob("result_card_*.json"))
-        if not cards:
-            raise FileNotFoundError(f"no result_card_*.json under {path}")
-        path = cards[-1]
-    return json.loads(path.read_text())
+    if not path.is_dir():
+        return json.loads(path.read_text())
+
+    def newest(pattern: str):
+        found = sorted(path.rglob(pattern), key=lambda p: p.stat().st_mtime)
+        return json.loads(found[-1].read_text()) if found else None
+
+    card = newest("result_card_test.json")
+    conditional = newest("result_card_test_conditional.json")
+    if card is None and conditional is None:
+        card = newest("result_card_*.json")
+    if card is None and conditional is None:
+        raise FileNotFoundError(f"no result_card_*.json under {path}")
+    if card is None:
+        return conditional
+    if conditional is not None:
+        card["metrics"].update(conditional["metrics"])
+        card["protocol"]["conditional"] = conditional["protocol"]
+    return card

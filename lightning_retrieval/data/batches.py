@@ -2,7 +2,7 @@
 
 Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
     user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), history_length [B] (all
-    earlier interactions, not only the last L), user_dense [B, Fu],
+    earlier interactions, not only the last L), history_topic_counts [B, T], user_dense [B, Fu],
     item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
     optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
 """
@@ -32,6 +32,7 @@ class BatchBuilder:
         self.item_dense = torch.from_numpy(data.item_dense)
         self.user_dense = torch.from_numpy(data.user_dense)
         self.item_counts = item_counts
+        self.num_topics = data.num_topics
         total = max(int(item_counts.sum()), 1)
         # log of the in-batch sampling probability (data distribution); unseen items get half a count
         self.item_log_q = torch.from_numpy(np.log(np.maximum(item_counts, 0.5) / total)).float()
@@ -62,8 +63,22 @@ class BatchBuilder:
             "history": history,
             "history_mask": mask,
             "history_length": cutoff - self.user_offsets[users],  # full length, before the max_history window
+            "history_topic_counts": self.topic_counts(history, mask),
             "user_dense": self.user_dense[users],
         }
+
+    def topic_counts(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` how often each topic occurs among the (windowed) history items."""
+        items = history[mask]
+        rows = torch.arange(history.shape[0]).repeat_interleave(mask.sum(1))
+        starts, lengths = self.topic_offsets[items], self.topic_offsets[items + 1] - self.topic_offsets[items]
+        total = int(lengths.sum())
+        gather = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(total)
+        counts = torch.zeros(history.shape[0], self.num_topics)
+        counts.index_put_(
+            (rows.repeat_interleave(lengths), self.topic_values[gather]), torch.ones(total), accumulate=True
+        )
+        return counts
 
 
 class TrainingExamples(Dataset):

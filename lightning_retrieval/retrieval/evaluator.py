@@ -41,6 +41,40 @@ class EvaluationResult:
     protocol: dict = field(default_factory=dict)
 
 
+def drop_seen(
+    rows,
+    ids,
+    scores,
+    exclude_keys,
+    n_items: int,
+    depth: int,
+    allow_short: bool = False,
+    extra_drop=None,
+    return_scanned: bool = False,
+):
+    """Remove each row's excluded items (and -1 padding) from ranked ``ids``/``scores`` ``[R, fetch]``, keeping
+    rank order; returns the first ``depth`` survivors. Fewer than ``depth`` survivors is an error unless
+    ``allow_short`` (filtered search, where a topic may hold fewer items), which pads with -1 / -inf.
+    ``extra_drop`` ``[R, fetch]`` marks further entries to drop (a filter). With ``return_scanned``, also returns
+    per row how far down the fetched list the ``depth``-th survivor was (the whole fetch if it was not found)."""
+    drop = _member(rows[:, None] * n_items + ids, exclude_keys) | (ids < 0)
+    if extra_drop is not None:  # e.g. items failing a topic filter
+        drop |= extra_drop
+    keep = np.argsort(drop, axis=1, kind="stable")[:, :depth]  # survivors first, rank order kept
+    short = np.take_along_axis(drop, keep, 1)
+    if short.any() and not allow_short:
+        raise RetrievalIndexError("the index returned too few unseen items; increase its search breadth")
+    scanned = np.where(short[:, -1], ids.shape[1], keep[:, -1] + 1) if keep.shape[1] else np.zeros(len(ids), int)
+    out_ids = np.where(short, -1, np.take_along_axis(ids, keep, 1))
+    out_scores = np.where(short, -np.inf, np.take_along_axis(scores, keep, 1)).astype(np.float32)
+    if out_ids.shape[1] < depth:
+        pad = depth - out_ids.shape[1]
+        out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+        out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        scanned = np.full(len(ids), ids.shape[1])
+    return (out_ids, out_scores, scanned) if return_scanned else (out_ids, out_scores)
+
+
 class RetrievalEvaluator:
     """Search, exclude, score.
 
@@ -92,12 +126,7 @@ class RetrievalEvaluator:
         for s in range(0, len(rows_valid), self.batch_size):
             rows = rows_valid[s : s + self.batch_size]
             batch_scores, batch_ids = index.search(queries[rows], fetch)
-            is_seen = _member(rows[:, None] * n_items + batch_ids, exclude_keys)
-            keep = np.argsort(is_seen, axis=1, kind="stable")[:, :depth]  # unseen first, rank order kept
-            if np.take_along_axis(is_seen, keep, 1).any():
-                raise RetrievalIndexError("the index returned too few unseen items; increase its search breadth")
-            items[rows] = np.take_along_axis(batch_ids, keep, 1)
-            scores[rows] = np.take_along_axis(batch_scores, keep, 1)
+            items[rows], scores[rows] = drop_seen(rows, batch_ids, batch_scores, exclude_keys, n_items, depth)
         return items, scores, valid
 
     def retrieve_multi(

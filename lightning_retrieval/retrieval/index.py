@@ -101,6 +101,14 @@ class IndexBackend(ABC):
             )
         return scores, ids
 
+    def search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Pre-filtered search: top-``k`` among the item ids in ``allowed`` (sorted int64) for every query.
+
+        Returns ``(scores, ids, scanned)``; ids are -1 past the end when ``allowed`` has fewer than k items.
+        ``scanned`` is the number of candidates scored per query.
+        """
+        raise RetrievalIndexError(f"{type(self).__name__} does not support pre-filtered search")
+
     def describe(self) -> dict:
         return {
             "index": getattr(type(self), "registry_name", type(self).__name__),
@@ -143,6 +151,17 @@ class FaissIndex(IndexBackend):
         self._configure_search(k)
         return self.index.search(queries, k)
 
+    def _search_parameters(self, selector, k: int):
+        return faiss.SearchParameters(sel=selector)
+
+    def search_allowed(self, queries, k, allowed):
+        if self.on_gpu:
+            raise RetrievalIndexError("pre-filtered search (IDSelector) runs on CPU indexes only; use_gpu: false")
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = self.index.search(queries, k, params=self._search_parameters(selector, k))
+        return scores, ids, len(allowed) if self.exact else min(len(allowed), self.size)
+
 
 @register("exact_torch")
 class TorchExactIndex(IndexBackend):
@@ -176,6 +195,17 @@ class TorchExactIndex(IndexBackend):
                 scores[s : s + self.query_batch] = top.values.cpu().numpy()
                 ids[s : s + self.query_batch] = top.indices.cpu().numpy()
         return scores, ids
+
+    def search_allowed(self, queries, k, allowed):
+        subset = self.index[torch.as_tensor(allowed, device=self.device)]
+        take = min(k, len(allowed))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        with torch.no_grad():
+            top = torch.topk(torch.from_numpy(queries).to(self.device) @ subset.T, take, dim=1)
+        scores[:, :take] = top.values.cpu().numpy()
+        ids[:, :take] = np.asarray(allowed)[top.indices.cpu().numpy()]
+        return scores, ids, len(allowed)
 
 
 @register("exact")
@@ -211,6 +241,9 @@ class HNSWIndex(FaissIndex):
     def _configure_search(self, k: int) -> None:
         self.index.hnsw.efSearch = max(self.ef_search, k)
 
+    def _search_parameters(self, selector, k: int):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
+
 
 @register("ivfpq")
 class IVFPQIndex(FaissIndex):
@@ -238,6 +271,9 @@ class IVFPQIndex(FaissIndex):
         quantizer = faiss.IndexFlatIP(dim)
         self._quantizer = quantizer  # keep alive: the IVF index does not own it
         return faiss.IndexIVFPQ(quantizer, dim, self.nlist, self.pq_m, self.nbits, faiss.METRIC_INNER_PRODUCT)
+
+    def _search_parameters(self, selector, k: int):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
 
     def _configure_search(self, k: int) -> None:
         if self.on_gpu:

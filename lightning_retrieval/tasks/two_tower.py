@@ -31,6 +31,8 @@ class TwoTowerRetrieval(RetrievalModel):
         optimizer: optimizer factory, e.g. ``torch.optim.Adam`` with ``lr``.
     """
 
+    extra_user_fields = 0  # subclasses that add user-tower fields (e.g. a condition) raise this
+
     def __init__(
         self,
         feature_spec: dict | None = None,
@@ -53,7 +55,7 @@ class TwoTowerRetrieval(RetrievalModel):
         self.user_dense = nn.Linear(user_dense, embedding_dim) if user_dense else None
         self.item_dense = nn.Linear(item_dense, embedding_dim) if item_dense else None
         self.has_topics = num_topics > 0
-        self.user_tower = user_tower(2 + bool(user_dense), embedding_dim)
+        self.user_tower = user_tower(2 + self.extra_user_fields + bool(user_dense), embedding_dim)
         self.item_tower = item_tower(1 + self.has_topics + bool(item_dense), embedding_dim)
         if self.user_tower.output_dim != self.item_tower.output_dim:
             raise ValueError(

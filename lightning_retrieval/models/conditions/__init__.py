@@ -1,5 +1,6 @@
 """Condition extractors (registry kind ``conditions``): item topics -> training conditions, users -> serving ones."""
 
 from lightning_retrieval.models.conditions.base import ConditionExtractor
+from lightning_retrieval.models.conditions.topics import UniformTopicCondition
 
-__all__ = ["ConditionExtractor"]
+__all__ = ["ConditionExtractor", "UniformTopicCondition"]

@@ -1,4 +1,4 @@
-"""The contract condition extractors implement for conditional retrieval."""
+"""Condition extractors (registry kind ``conditions``): where a conditional user tower's condition comes from."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from lightning_retrieval.registry import component_kind
 
 @component_kind("conditions")
 class ConditionExtractor(ABC):
-    """Where a conditional user tower's condition comes from.
+    """Training: one condition per target item from its topics. Serving: the conditions to query a user with.
 
-    ``training_conditions(topic_values [nnz], topic_lengths [B], generator) -> [B]`` picks one condition per
-    target item from its topics (items without topics get -1: no condition); ``serving_conditions(...)``
-    yields the conditions a user is queried with (followed or inferred topics, with weights).
+    Conditions are topic indices; -1 means "no condition" (an item without topics, an empty slot).
     """
 
     @abstractmethod
     def training_conditions(
-        self, topic_values: torch.Tensor, topic_lengths: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor: ...
+        self, topic_values: torch.Tensor, topic_lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``[B]`` condition per target from its flattened topic bags (``topic_values [nnz]``, ``lengths [B]``)."""
+
+    @abstractmethod
+    def serving_conditions(self, history_topic_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(conditions [B, C], weights [B, C])`` from each user's topic counts ``[B, T]``; weight 0 = empty slot."""

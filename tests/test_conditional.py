@@ -1,0 +1,162 @@
+"""Conditional retrieval: condition extraction, early fusion, filtered ANN modes, scan counts, INDEX, queries."""
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_retrieval.callbacks.conditional_evaluation import condition_queries
+from lightning_retrieval.data.preparation import CSR
+from lightning_retrieval.models.conditions import UniformTopicCondition
+from lightning_retrieval.models.interests import DifferentiableClusteringModule
+from lightning_retrieval.retrieval import ExactIndex, TorchExactIndex
+from lightning_retrieval.retrieval.filtering import FILTER_MODES, TopicFilter, filtered_retrieve
+from lightning_retrieval.tasks.conditional import ConditionalRetrieval, ConditionTable, SynergisedRetrieval
+
+
+def test_uniform_topic_extraction_is_uniform_and_deterministic():
+    ex = UniformTopicCondition()
+    values = torch.tensor([3, 5, 7, 9, 4])  # item 0: {3, 5, 7}; item 1: {}; item 2: {9, 4}
+    lengths = torch.tensor([3, 0, 2])
+    reps = 6000
+    v = values.repeat(reps)
+    lens = lengths.repeat(reps)
+    draws = ex.training_conditions(v, lens, torch.Generator().manual_seed(1)).view(reps, 3)
+    assert (draws[:, 1] == -1).all()
+    for col, topics in ((0, [3, 5, 7]), (2, [9, 4])):
+        counts = torch.stack([(draws[:, col] == t).sum() for t in topics]).float() / reps
+        assert set(draws[:, col].unique().tolist()) == set(topics)
+        assert torch.allclose(counts, torch.full_like(counts, 1 / len(topics)), atol=0.03)
+    again = ex.training_conditions(v, lens, torch.Generator().manual_seed(1)).view(reps, 3)
+    assert torch.equal(draws, again)
+
+
+def test_serving_conditions_are_the_top_history_topics():
+    counts = torch.tensor([[0.0, 5, 1, 3], [0, 0, 0, 0]])
+    topics, weights = UniformTopicCondition(num_serving=2).serving_conditions(counts)
+    assert topics[0].tolist() == [1, 3] and weights[0].tolist() == pytest.approx([5 / 9, 3 / 9])
+    assert (weights[1] == 0).all() and (topics[1] == -1).all()
+
+
+@pytest.fixture(scope="module")
+def cr(movielens_dm):
+    torch.manual_seed(0)
+    return ConditionalRetrieval(feature_spec=movielens_dm.feature_spec, embedding_dim=16).eval()
+
+
+def test_early_fusion_changes_the_user_embedding_with_the_condition(movielens_dm, cr):
+    batch = next(iter(movielens_dm.val_dataloader()))
+    with torch.no_grad():
+        a = cr.embed_conditioned(batch, torch.zeros_like(batch["user"]))
+        b = cr.embed_conditioned(batch, torch.full_like(batch["user"], 7))
+        none = cr.embed_conditioned(batch, torch.full_like(batch["user"], -1))
+    assert (a - b).norm(dim=1).min() > 1e-4 and (a - none).norm(dim=1).min() > 1e-4
+    users, valid = cr.embed_users(batch)
+    assert users.shape[1] == 5 and valid.any(1).all()
+
+
+def test_condition_table_rejects_out_of_range_topics():
+    table = ConditionTable(4, 8)
+    assert torch.equal(table(torch.tensor([-1]))[0], torch.zeros(8))
+    with pytest.raises(IndexError, match=r"topic ids in \[0, 4\) or -1"):
+        table(torch.tensor([4]))
+    with pytest.raises(ValueError, match="needs item topics"):
+        ConditionTable(0, 8)
+
+
+def test_conditional_and_synergised_models_train(movielens_dm, cr):
+    batch = next(iter(movielens_dm.train_dataloader()))
+    cr.train()
+    cr.compute_loss(batch).backward()
+    assert cr.conditions.table.weight.grad.abs().sum() > 0
+    syn = SynergisedRetrieval(
+        feature_spec=movielens_dm.feature_spec,
+        embedding_dim=16,
+        interests=lambda d: DifferentiableClusteringModule(d, num_interests=3),
+    )
+    syn.compute_loss(batch).backward()
+    assert syn.conditions.table.weight.grad.abs().sum() > 0 and syn.interests.S.weight.grad is not None
+    users, valid = syn.embed_users(batch)
+    assert users.shape[1] == 3 + 5 and valid[:, :3].any(1).all()
+
+
+# ---------------------------------------------------------------- filtered ANN
+def _problem(seed=0, n=400, topics=5, queries=40):
+    rng = np.random.default_rng(seed)
+    item_topics = CSR.from_pairs_unique(
+        rng.integers(0, n, int(n * 1.5)), rng.integers(0, topics, int(n * 1.5)), n, topics
+    )
+    v = rng.normal(size=(n, 8)).astype(np.float32)
+    q = rng.normal(size=(queries, 8)).astype(np.float32)
+    qt = rng.integers(0, topics, queries)
+    exclude = CSR.from_pairs_unique(np.repeat(np.arange(queries), 6), rng.integers(0, n, queries * 6), queries, n)
+    return item_topics, v, q, qt, exclude
+
+
+def _brute_force(v, q, qt, item_topics, exclude, k):
+    topic_sets = [set(item_topics.row(i).tolist()) for i in range(len(v))]
+    out = []
+    for i in range(len(q)):
+        scores = v @ q[i]
+        order = np.argsort(-scores, kind="stable")
+        seen = set(exclude.row(i).tolist())
+        keep = [j for j in order if qt[i] in topic_sets[j] and j not in seen][:k]
+        out.append(keep + [-1] * (k - len(keep)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("index_cls", [ExactIndex, TorchExactIndex])
+@pytest.mark.parametrize("mode", ["prefilter", "postfilter", "streaming"])
+def test_filter_modes_return_only_matching_items_equal_to_brute_force(index_cls, mode):
+    item_topics, v, q, qt, exclude = _problem()
+    tf = TopicFilter(item_topics, 5)
+    index = index_cls().build(v)
+    k = 10
+    res = filtered_retrieve(index, q, qt, tf, exclude, k, mode, overfetch=100, step=16)
+    valid = res.items >= 0
+    assert tf.matches(res.items, qt)[valid].all(), "a returned item lacks the query topic"
+    np.testing.assert_array_equal(res.items, _brute_force(v, q, qt, item_topics, exclude, k))
+
+
+def test_scan_counts_by_mode():
+    item_topics, v, q, qt, exclude = _problem(seed=1)
+    tf = TopicFilter(item_topics, 5)
+    index = ExactIndex().build(v)
+    k = 5
+    pre = filtered_retrieve(index, q, qt, tf, exclude, k, "prefilter")
+    assert (pre.scanned == tf.by_topic.lengths[qt]).all()  # a pre-filter scores the topic's items
+    stream = filtered_retrieve(index, q, qt, tf, exclude, k, "streaming", step=8)
+    # the streaming count is how deep in the full ranking the k-th kept item sits
+    topic_sets = [set(item_topics.row(i).tolist()) for i in range(len(v))]
+    for i in range(len(q)):
+        order = np.argsort(-(v @ q[i]), kind="stable")
+        seen = set(exclude.row(i).tolist())
+        kept = np.flatnonzero([qt[i] in topic_sets[j] and j not in seen for j in order])
+        assert stream.scanned[i] == kept[k - 1] + 1
+    none = filtered_retrieve(index, q, qt, tf, exclude, k, "none")
+    assert (none.scanned >= k).all() and (none.scanned <= k + exclude.lengths).all()
+    tight = filtered_retrieve(index, q, qt, tf, exclude, k, "postfilter", overfetch=1)
+    assert tight.short.any()  # an over-fetch of k cannot always find k matches: reported, not hidden
+    with pytest.raises(ValueError, match="unknown filter mode"):
+        filtered_retrieve(index, q, qt, tf, exclude, k, "sideways")
+    assert set(FILTER_MODES) == {"none", "prefilter", "postfilter", "streaming"}
+
+
+def test_index_baseline_is_the_topics_most_popular_items():
+    item_topics, _, _, _, _ = _problem(seed=2)
+    counts = np.random.default_rng(2).integers(0, 100, 400).astype(np.float32)
+    index = ExactIndex().build(np.log1p(counts)[:, None])  # the popularity model's item vectors
+    tf = TopicFilter(item_topics, 5)
+    empty = CSR(np.zeros(4, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    res = filtered_retrieve(index, np.ones((3, 1), np.float32), np.array([0, 1, 2]), tf, empty, 5, "prefilter")
+    for row, topic in enumerate([0, 1, 2]):
+        members = tf.by_topic.row(topic)
+        expected = members[np.argsort(-counts[members], kind="stable")][:5]
+        assert sorted(counts[res.items[row]].tolist()) == sorted(counts[expected].tolist())
+
+
+def test_condition_queries_pair_each_user_with_their_targets_topics():
+    targets = CSR(np.array([0, 2, 3]), np.array([0, 1, 2]))  # user 0: items 0, 1; user 1: item 2
+    item_topics = CSR(np.array([0, 2, 3, 3]), np.array([4, 6, 4]))  # item 0: {4, 6}; item 1: {4}; item 2: {}
+    rows, topics, q_targets = condition_queries(targets, item_topics, 8)
+    assert list(zip(rows.tolist(), topics.tolist())) == [(0, 4), (0, 6)]
+    assert [q_targets.row(i).tolist() for i in range(2)] == [[0, 1], [0]]
