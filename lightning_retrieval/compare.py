@@ -17,7 +17,7 @@ import yaml
 
 from lightning_retrieval.callbacks.result_card import read_result_card
 
-CONDITIONAL = ("cond_recall", "match_rate", "scanned_per_query", "short_queries")
+CONDITIONAL = ("cond_recall", "cond_ndcg", "match_rate", "scanned_per_query", "short_queries")
 METRICS = (
     "recall@20",
     "recall@50",

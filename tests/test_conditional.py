@@ -32,7 +32,7 @@ def test_uniform_topic_extraction_is_uniform_and_deterministic():
 
 def test_serving_conditions_are_the_top_history_topics():
     counts = torch.tensor([[0.0, 5, 1, 3], [0, 0, 0, 0]])
-    topics, weights = UniformTopicCondition(num_serving=2).serving_conditions(counts)
+    topics, weights = UniformTopicCondition(num_serving=2).serving_conditions({"history_topic_counts": counts})
     assert topics[0].tolist() == [1, 3] and weights[0].tolist() == pytest.approx([5 / 9, 3 / 9])
     assert (weights[1] == 0).all() and (topics[1] == -1).all()
 
@@ -160,3 +160,59 @@ def test_condition_queries_pair_each_user_with_their_targets_topics():
     rows, topics, q_targets = condition_queries(targets, item_topics, 8)
     assert list(zip(rows.tolist(), topics.tolist())) == [(0, 4), (0, 6)]
     assert [q_targets.row(i).tolist() for i in range(2)] == [[0, 1], [0]]
+
+
+def test_conditional_metrics_by_hand(movielens_dm):
+    """cond_recall / cond_ndcg / match_rate on a model whose ranking is known: popularity under a pre-filter."""
+    import lightning.pytorch as pl
+
+    from lightning_retrieval.callbacks.conditional_evaluation import ConditionalEvaluation
+    from lightning_retrieval.tasks import PopularityRetrieval
+
+    cb = ConditionalEvaluation(ks=[10, 50], filter="prefilter", result_card=False)
+    pl.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False).test(
+        PopularityRetrieval(), datamodule=movielens_dm
+    )
+    m = cb.last_metrics
+    assert m["match_rate@10"] == m["match_rate@50"] == 1.0
+    assert 0 < m["cond_recall@10"] <= m["cond_recall@50"] <= 1
+    assert 0 < m["cond_ndcg@10"] <= m["cond_recall@10"] + 1e-9  # one target per query: NDCG <= recall
+
+
+def test_followed_topics_are_served_and_users_without_follows_fall_back_to_inferred():
+    from lightning_retrieval.models.conditions import FollowedTopicsCondition
+
+    batch = {
+        "followed_topics": torch.tensor([[0.0, 1, 0, 1], [0, 0, 0, 0]]),
+        "history_topic_counts": torch.tensor([[9.0, 0, 0, 0], [0, 2, 6, 0]]),
+    }
+    topics, weights = FollowedTopicsCondition(num_serving=3).serving_conditions(batch)
+    assert topics[0].tolist() == [1, 3, -1] and weights[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert topics[1].tolist() == [2, 1, -1] and weights[1].tolist() == pytest.approx([0.75, 0.25, 0.0])
+    with pytest.raises(KeyError, match="no followed-topics column"):
+        FollowedTopicsCondition().serving_conditions({"history_topic_counts": torch.zeros(1, 4)})
+
+
+def test_followed_topics_column_flows_from_the_users_file(tmp_path):
+    import pandas as pd
+
+    from lightning_retrieval.data import DataValidationError, InteractionsFileSource, RetrievalDataModule
+
+    pd.DataFrame(
+        {"user_id": [1, 1, 1, 2, 2, 2], "item_id": [10, 11, 12, 10, 12, 11], "timestamp": [1, 2, 3, 4, 5, 6]}
+    ).to_csv(tmp_path / "i.csv", index=False)
+    pd.DataFrame({"item_id": [10, 11, 12], "topics": ["a|b", "b", "c"]}).to_csv(tmp_path / "items.csv", index=False)
+    pd.DataFrame({"user_id": [1, 2], "follows": ["c", ""]}).to_csv(tmp_path / "users.csv", index=False)
+    src = InteractionsFileSource(
+        str(tmp_path / "i.csv"),
+        items_path=str(tmp_path / "items.csv"),
+        users_path=str(tmp_path / "users.csv"),
+        topics_column="topics",
+        user_topics_column="follows",
+    )
+    dm = RetrievalDataModule(source=src, max_history=2, batch_size=2)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["followed_topics"].tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    pd.DataFrame({"user_id": [1, 2], "follows": ["zebra", ""]}).to_csv(tmp_path / "users.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"followed topics \['zebra'\] are not item topics"):
+        RetrievalDataModule(source=src).data  # noqa: B018

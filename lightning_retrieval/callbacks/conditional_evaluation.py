@@ -45,6 +45,7 @@ class ConditionalEvaluation(RetrievalCallback):
     (``popularity`` + ``prefilter``: the topic's most popular items). Metrics (means over queries):
 
     - ``cond_recall@k``: share of the user's targets carrying the topic that are retrieved;
+    - ``cond_ndcg@k``: binary NDCG against those targets;
     - ``match_rate@k``: share of retrieved items that carry the topic;
     - ``scanned_per_query``: candidates the search examined (see ``retrieval.filtering``);
     - ``short_queries``: share of queries that got fewer than k items.
@@ -128,6 +129,9 @@ class ConditionalEvaluation(RetrievalCallback):
         for k in self.ks:
             got = (res.items[:, :k] >= 0).sum(1)
             metrics[f"cond_recall@{k}"] = float((hits[:, :k].sum(1) / q_targets.lengths).mean())
+            discounts = 1.0 / np.log2(np.arange(2, k + 2))
+            ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(q_targets.lengths, k)]
+            metrics[f"cond_ndcg@{k}"] = float(((hits[:, :k] * discounts).sum(1) / ideal).mean())
             rate = matches[:, :k].sum(1) / np.maximum(got, 1)
             metrics[f"match_rate@{k}"] = float(rate[got > 0].mean()) if (got > 0).any() else 0.0
         metrics["scanned_per_query"] = float(res.scanned.mean())

@@ -2,7 +2,8 @@
 
 Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
     user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), history_length [B] (all
-    earlier interactions, not only the last L), history_topic_counts [B, T], user_dense [B, Fu],
+    earlier interactions, not only the last L), history_topic_counts [B, T], user_dense [B, Fu], optional
+    followed_topics [B, T] (multi-hot, when the users table has a followed-topics column),
     item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
     optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
 """
@@ -33,6 +34,9 @@ class BatchBuilder:
         self.user_dense = torch.from_numpy(data.user_dense)
         self.item_counts = item_counts
         self.num_topics = data.num_topics
+        followed = np.zeros((data.num_users, data.num_topics), dtype=np.float32)
+        followed[data.user_topics.row_ids(), data.user_topics.values] = 1.0
+        self.followed = torch.from_numpy(followed) if data.user_topics.values.size else None
         total = max(int(item_counts.sum()), 1)
         # log of the in-batch sampling probability (data distribution); unseen items get half a count
         self.item_log_q = torch.from_numpy(np.log(np.maximum(item_counts, 0.5) / total)).float()
@@ -65,6 +69,7 @@ class BatchBuilder:
             "history_length": cutoff - self.user_offsets[users],  # full length, before the max_history window
             "history_topic_counts": self.topic_counts(history, mask),
             "user_dense": self.user_dense[users],
+            **({"followed_topics": self.followed[users]} if self.followed is not None else {}),
         }
 
     def topic_counts(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,7 @@ class PreparedData:
     item_ids: np.ndarray  # original ids, [N]
     topic_names: np.ndarray  # [T]
     item_topics: CSR  # topics of each item, [N] rows
+    user_topics: CSR  # explicitly followed topics of each user, [U] rows (empty without such a column)
     item_dense: np.ndarray  # [N, Fi] float32
     user_dense: np.ndarray  # [U, Fu] float32
     user: np.ndarray  # [M] int64
@@ -236,7 +237,8 @@ def prepare(
         item_topics = CSR(np.zeros(num_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         topic_names = np.zeros(0, dtype=object)
     item_dense = _dense_features(raw.items, "item_id", item_ids, {"item_id", "topics"})
-    user_dense = _dense_features(raw.users, "user_id", user_ids, {"user_id"})
+    user_dense = _dense_features(raw.users, "user_id", user_ids, {"user_id", "followed_topics"})
+    user_topics = _user_topics(raw.users, user_ids, topic_names)
 
     report.update(
         {
@@ -255,6 +257,7 @@ def prepare(
         item_ids=item_ids,
         topic_names=topic_names,
         item_topics=item_topics,
+        user_topics=user_topics,
         item_dense=item_dense,
         user_dense=user_dense,
         user=user,
@@ -264,6 +267,22 @@ def prepare(
         user_offsets=user_offsets,
         report=report,
     )
+
+
+def _user_topics(users: pd.DataFrame | None, user_ids: np.ndarray, topic_names: np.ndarray) -> CSR:
+    """Followed topics per user as topic indices (CSR over users); unknown topic names are an error."""
+    if users is None or "followed_topics" not in users.columns:
+        return CSR(np.zeros(len(user_ids) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    aligned = users.set_index("user_id")["followed_topics"].reindex(user_ids)
+    exploded = aligned.map(lambda t: t if isinstance(t, list) else []).explode().dropna()
+    codes = pd.Index(topic_names).get_indexer(exploded.to_numpy())
+    if (codes < 0).any():
+        unknown = sorted(set(exploded.to_numpy()[codes < 0].tolist()))[:5]
+        raise DataValidationError(
+            f"users: followed topics {unknown} are not item topics; known topics: {list(topic_names)[:20]}"
+        )
+    rows = pd.Index(user_ids).get_indexer(exploded.index.to_numpy())
+    return CSR.from_pairs_unique(rows, codes, len(user_ids), max(len(topic_names), 1))
 
 
 def _dense_features(table: pd.DataFrame | None, id_col: str, ids: np.ndarray, skip: set[str]) -> np.ndarray:

@@ -119,7 +119,7 @@ def validate(raw: RawInteractions, sequence_column: str | None = None) -> None:
                 f"interactions: {int(unknown.sum())} row(s) reference user ids absent from the users table "
                 f"(e.g. {inter['user_id'][unknown].head(3).tolist()})"
             )
-        _validate_numeric_features(users, "users", exclude={"user_id"})
+        _validate_numeric_features(users, "users", exclude={"user_id", "followed_topics"})
 
 
 def _validate_numeric_features(df: pd.DataFrame, table: str, exclude: set[str]) -> None:

@@ -37,6 +37,13 @@ def split_topics(values: pd.Series, separator: str, empty_markers: tuple[str, ..
     return out.map(lambda ts: [t for t in ts if t and t not in empty_markers])
 
 
+def _topic_lists(values: pd.Series, separator: str) -> pd.Series:
+    """A list column as lists of str, or a joined-string column split by ``separator``."""
+    if values.map(lambda t: isinstance(t, (list, tuple, np.ndarray))).all():
+        return values.map(lambda t: [str(x) for x in t])
+    return split_topics(values, separator)
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataValidationError(f"file not found: {path}")
@@ -92,6 +99,8 @@ class InteractionsFileSource(InteractionSource):
         topics_column: multi-valued topic column in the items file (a list column in Parquet, or a string
             joined by ``topic_separator`` in CSV).
         item_feature_columns / user_feature_columns: numeric feature columns to use (default: none).
+        user_topics_column: multi-valued column in the users file with each user's explicitly followed
+            topics (list column, or joined by ``topic_separator``); they must be item topics.
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class InteractionsFileSource(InteractionSource):
         topic_separator: str = "|",
         item_feature_columns: list[str] | None = None,
         user_feature_columns: list[str] | None = None,
+        user_topics_column: str | None = None,
     ):
         self.interactions_path = interactions_path
         self.items_path = items_path
@@ -119,6 +129,7 @@ class InteractionsFileSource(InteractionSource):
         self.topic_separator = topic_separator
         self.item_feature_columns = list(item_feature_columns or [])
         self.user_feature_columns = list(user_feature_columns or [])
+        self.user_topics_column = user_topics_column
 
     def load(self) -> RawInteractions:
         path = Path(self.interactions_path)
@@ -142,11 +153,7 @@ class InteractionsFileSource(InteractionSource):
             require_columns(table, wanted, str(ipath))
             items = table[wanted].rename(columns={self.item_column: "item_id"})
             if self.topics_column:
-                topics = items.pop(self.topics_column)
-                if topics.map(lambda t: isinstance(t, (list, tuple, np.ndarray))).all():
-                    items["topics"] = topics.map(lambda t: [str(x) for x in t])
-                else:
-                    items["topics"] = split_topics(topics, self.topic_separator)
+                items["topics"] = _topic_lists(items.pop(self.topics_column), self.topic_separator)
         elif self.topics_column or self.item_feature_columns:
             raise DataValidationError("topics_column / item_feature_columns need items_path")
 
@@ -155,10 +162,13 @@ class InteractionsFileSource(InteractionSource):
             upath = Path(self.users_path)
             table = _read_table(upath)
             wanted = [self.user_column] + self.user_feature_columns
+            wanted += [self.user_topics_column] if self.user_topics_column else []
             require_columns(table, wanted, str(upath))
             users = table[wanted].rename(columns={self.user_column: "user_id"})
-        elif self.user_feature_columns:
-            raise DataValidationError("user_feature_columns needs users_path")
+            if self.user_topics_column:
+                users["followed_topics"] = _topic_lists(users.pop(self.user_topics_column), self.topic_separator)
+        elif self.user_feature_columns or self.user_topics_column:
+            raise DataValidationError("user_feature_columns / user_topics_column need users_path")
         return RawInteractions(interactions=interactions, items=items, users=users, name=path.stem)
 
     def describe(self) -> str:

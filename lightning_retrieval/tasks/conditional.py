@@ -94,7 +94,7 @@ class ConditionalRetrieval(TwoTowerRetrieval):
 
     def serving_embeddings(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One embedding per inferred interest: ``([B, C, D], valid [B, C])``; no topics -> one unconditioned."""
-        topics, weights = self.condition.serving_conditions(batch["history_topic_counts"])
+        topics, weights = self.condition.serving_conditions(batch)
         valid = weights > 0
         valid[:, 0] |= ~valid.any(1)  # users without topics: a single unconditioned embedding
         b, c = topics.shape
@@ -102,7 +102,15 @@ class ConditionalRetrieval(TwoTowerRetrieval):
         users = self.embed_conditioned(expanded, topics.reshape(-1)).view(b, c, -1)
         return users, valid
 
-    _user_keys = ("user", "history", "history_mask", "history_length", "user_dense", "history_topic_counts")
+    _user_keys = (
+        "user",
+        "history",
+        "history_mask",
+        "history_length",
+        "user_dense",
+        "history_topic_counts",
+        "followed_topics",
+    )
 
     def embed_users(self, batch):
         return self.serving_embeddings(batch)
@@ -173,6 +181,6 @@ class SynergisedRetrieval(MultiEmbeddingRetrieval):
 
     def embed_users(self, batch):
         implicit, implicit_valid = super().embed_users(batch)
-        topics, weights = self.condition.serving_conditions(batch["history_topic_counts"])
+        topics, weights = self.condition.serving_conditions(batch)
         explicit = self.explicit_embeddings(batch, topics)
         return torch.cat([implicit, explicit], dim=1), torch.cat([implicit_valid, weights > 0], dim=1)

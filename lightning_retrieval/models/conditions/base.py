@@ -23,5 +23,6 @@ class ConditionExtractor(ABC):
         """``[B]`` condition per target from its flattened topic bags (``topic_values [nnz]``, ``lengths [B]``)."""
 
     @abstractmethod
-    def serving_conditions(self, history_topic_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(conditions [B, C], weights [B, C])`` from each user's topic counts ``[B, T]``; weight 0 = empty slot."""
+    def serving_conditions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(conditions [B, C], weights [B, C])`` for a user batch (``history_topic_counts [B, T]``, optional
+        ``followed_topics [B, T]``); weight 0 marks an empty slot."""
