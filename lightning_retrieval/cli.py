@@ -7,7 +7,9 @@ jsonargparse's own class-name resolution (see ``registry/jsonargparse_hooks.py``
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_retrieval.data.datamodule import RetrievalDataModule
@@ -30,6 +32,28 @@ class RetrievalCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.feature_spec", "model.init_args.feature_spec", apply_on="instantiate")
+
+    def _configure_tracking(self) -> None:
+        """W&B runs get a name, group and tags from the chosen components, and the full resolved config."""
+        from lightning_retrieval.tracking.wandb_setup import configure_wandb_loggers
+
+        sub_config = self.config[self.subcommand]
+        dumped = yaml.safe_load(self._parser(self.subcommand).dump(sub_config, skip_none=False))
+        configs = sub_config.get("config") or []
+        experiment = Path(str(configs[0])).stem if configs else self.subcommand
+        configure_wandb_loggers(self.trainer, dumped, experiment)
+
+    def before_fit(self) -> None:
+        self._configure_tracking()
+
+    def before_validate(self) -> None:
+        self._configure_tracking()
+
+    def before_test(self) -> None:
+        self._configure_tracking()
+
+    def before_predict(self) -> None:
+        self._configure_tracking()
 
 
 def prepare_registry() -> None:

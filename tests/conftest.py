@@ -10,6 +10,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("LIGHTNING_RETRIEVAL_PLUGIN_PATH", str(REPO / "plugins"))
 
 
+def subprocess_env(**extra) -> dict:
+    """The test environment for child processes, minus W&B's in-process service handle: an earlier in-process
+    ``wandb.init`` exports ``WANDB_SERVICE``, and a child attaching to that service writes its run elsewhere."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update(LIGHTNING_RETRIEVAL_PLUGIN_PATH=str(REPO / "plugins"), WANDB_MODE="offline", **extra)
+    return env
+
+
 @pytest.fixture(scope="session")
 def movielens_dm():
     """The embedded MovieLens data, prepared once (leave-last-out split)."""

@@ -1,7 +1,6 @@
 """Training on the shipped MovieLens data, every logger receiving the metrics, and the CLI end to end."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from lightning_retrieval.data import MovieLensSource, RetrievalDataModule
 from lightning_retrieval.data.negatives import UniformNegativeSampler
 from lightning_retrieval.tasks import PopularityRetrieval, TwoTowerRetrieval
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -92,11 +91,10 @@ def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_
 
 
 def _cli(*args, cwd):
-    env = dict(os.environ, LIGHTNING_RETRIEVAL_PLUGIN_PATH=str(REPO / "plugins"), WANDB_MODE="offline")
     out = subprocess.run(
         [sys.executable, "-m", "lightning_retrieval", *args, "--trainer.enable_progress_bar=false"],
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -13,7 +13,7 @@ from lightning_retrieval.models.crossing import CrossingBlock, MLPCrossing
 from lightning_retrieval.registry import UnknownComponentError, components, kinds, resolve
 from lightning_retrieval.registry.plugins import load_plugins
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 
 prepare_registry()
 
@@ -145,7 +145,12 @@ def test_jsonargparse_unknown_name_error_names_the_field_and_choices():
 
 def _cli(*args, cwd=REPO):
     return subprocess.run(
-        [sys.executable, "-m", "lightning_retrieval", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "lightning_retrieval", *args],
+        env=subprocess_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

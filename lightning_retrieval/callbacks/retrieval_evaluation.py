@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 from jsonargparse import lazy_instance
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.callbacks.result_card import write_result_card
@@ -13,6 +14,7 @@ from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
+from lightning_retrieval.tracking.wandb_setup import log_evaluation_tables
 
 
 def history_segments(history_length: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
@@ -134,6 +136,15 @@ class RetrievalEvaluation(RetrievalCallback):
             "searched_embeddings",
         ):
             pl_module.log(f"{stage}/protocol/{name}", float(result.protocol[name]), rank_zero_only=True)
+        if trainer.is_global_zero:
+            k = 50 if "recall@50" in result.metrics else self.evaluator.ks[-1]
+            m, p = result.metrics, result.protocol
+            rank_zero_info(
+                f"[{stage} epoch {trainer.current_epoch}] recall@{k}={m.get(f'recall@{k}', 0):.4f} "
+                f"ndcg@{k}={m.get(f'ndcg@{k}', 0):.4f} coverage@{k}={m.get(f'coverage@{k}', 0):.4f} | {p['index']} "
+                f"index over {p['corpus_size']:,} items, {p['evaluated_users']:,} users, {p['seconds']:.1f} s"
+            )
+            log_evaluation_tables(trainer, stage, result, eval_set, datamodule, rows)
         if self.result_card and trainer.is_global_zero:
             card = {
                 "model": type(pl_module).__name__,
