@@ -12,6 +12,7 @@ import lightning_retrieval.models.conditions  # noqa: F401
 import lightning_retrieval.models.crossing  # noqa: F401
 import lightning_retrieval.models.interests  # noqa: F401
 import lightning_retrieval.models.towers  # noqa: F401
+import lightning_retrieval.retrieval.corpus  # noqa: F401
 import lightning_retrieval.retrieval.filtering  # noqa: F401
 import lightning_retrieval.retrieval.index  # noqa: F401
 import lightning_retrieval.retrieval.merging  # noqa: F401

@@ -10,6 +10,7 @@ from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.callbacks.result_card import write_result_card
 from lightning_retrieval.data.preparation import CSR, sorted_member, take_rows
 from lightning_retrieval.registry import register
+from lightning_retrieval.retrieval.evaluator import id_space
 from lightning_retrieval.retrieval.filtering import FilterMode, TopicFilter, filtered_retrieve
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
 
@@ -121,7 +122,7 @@ class ConditionalEvaluation(RetrievalCallback):
             self.streaming_step,
             self.streaming_budget,
         )
-        n_items = self.index.size
+        n_items = id_space(self.index)
         hits = sorted_member(np.arange(len(rows))[:, None] * n_items + res.items, q_targets.keys(n_items))
         hits &= res.items >= 0
         matches = topic_filter.matches(res.items, topics)

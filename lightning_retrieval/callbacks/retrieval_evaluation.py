@@ -9,8 +9,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.callbacks.result_card import write_result_card
-from lightning_retrieval.data.preparation import take_rows
+from lightning_retrieval.data.preparation import STAGE_CODES, sorted_member, take_rows
 from lightning_retrieval.registry import register
+from lightning_retrieval.retrieval.corpus import CorpusBuilder, SubsetIndex
 from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
@@ -41,6 +42,8 @@ class RetrievalEvaluation(RetrievalCallback):
         metrics: metric registry names.
         index: index backend (``exact`` default; ``exact_torch``, ``hnsw``, ``ivfpq``).
         merger: how multi-embedding models' per-embedding lists become one list (``round_robin``, ``score``).
+        corpus: serving corpus builder (``time_decayed``): index only its items, built from the interactions
+            visible before the evaluated period (default: every item).
         segment_edges: history-length bucket edges; metrics in ``segment_metrics`` are also reported per
             bucket as ``<stage>/<metric>@<k>/history_<lo>-<hi>`` (which users a model helps).
         batch_size: users per search batch (does not change results).
@@ -56,6 +59,7 @@ class RetrievalEvaluation(RetrievalCallback):
         merger: ResultMerger = lazy_instance(RoundRobinMerger),
         segment_edges: list[int] = [10, 50, 200],  # noqa: B006
         segment_metrics: list[str] = ["recall", "ndcg", "hit_rate"],  # noqa: B006
+        corpus: CorpusBuilder | None = None,
         batch_size: int = 1024,
         corpus_batch_size: int = 8192,
         result_card: bool = True,
@@ -66,6 +70,7 @@ class RetrievalEvaluation(RetrievalCallback):
         self.merger = merger
         self.segment_edges = sorted(segment_edges)
         self.segment_metrics = tuple(segment_metrics)
+        self.corpus = corpus
         self.corpus_batch_size = corpus_batch_size
         self.result_card = result_card
         self.last_result = None
@@ -90,6 +95,22 @@ class RetrievalEvaluation(RetrievalCallback):
     def on_test_epoch_end(self, trainer, pl_module):
         self._evaluate(trainer, pl_module, "test")
 
+    def _build_index(self, datamodule, stage: str, item_vectors, targets):
+        """The index over every item, or over the serving corpus when ``corpus`` is set."""
+        if self.corpus is None:
+            return self.index.build(item_vectors), {}
+        data = datamodule.data
+        visible = data.split < STAGE_CODES[stage]
+        corpus_ids, _ = self.corpus.build(
+            data.item[visible], data.timestamp[visible], data.num_items, data.item_signature
+        )
+        index = SubsetIndex(self.index, corpus_ids, data.num_items).build(item_vectors[corpus_ids])
+        outside = ~sorted_member(targets.values, np.sort(corpus_ids))
+        return index, {
+            "corpus": getattr(type(self.corpus), "registry_name", type(self.corpus).__name__),
+            "targets_outside_corpus": int(outside.sum()),
+        }
+
     def _evaluate(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         datamodule = trainer.datamodule
         eval_set = datamodule.evaluation_set(stage)
@@ -99,9 +120,9 @@ class RetrievalEvaluation(RetrievalCallback):
         if len(rows) < len(eval_set):  # e.g. limit_val_batches: evaluate the users that were embedded
             targets, exclude = take_rows(targets, rows), take_rows(exclude, rows)
         item_vectors = self.corpus_vectors(trainer, pl_module, stage, self.corpus_batch_size)
-        self.index.build(item_vectors)
+        index, corpus_report = self._build_index(datamodule, stage, item_vectors, targets)
         result = self.evaluator.evaluate(
-            self.index,
+            index,
             out["user_embeddings"],
             targets,
             exclude,
@@ -112,6 +133,7 @@ class RetrievalEvaluation(RetrievalCallback):
             segments=history_segments(out["history_length"], self.segment_edges),
             segment_metrics=self.segment_metrics,
         )
+        result.protocol.update(corpus_report)
         result.protocol.update(
             {
                 "stage": stage,

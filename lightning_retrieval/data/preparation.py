@@ -115,6 +115,7 @@ class PreparedData:
     topic_names: np.ndarray  # [T]
     item_topics: CSR  # topics of each item, [N] rows
     user_topics: CSR  # explicitly followed topics of each user, [U] rows (empty without such a column)
+    item_signature: np.ndarray | None  # [N] canonical signature per item (items table ``signature``), or None
     item_dense: np.ndarray  # [N, Fi] float32
     user_dense: np.ndarray  # [U, Fu] float32
     user: np.ndarray  # [M] int64
@@ -236,7 +237,10 @@ def prepare(
     else:
         item_topics = CSR(np.zeros(num_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         topic_names = np.zeros(0, dtype=object)
-    item_dense = _dense_features(raw.items, "item_id", item_ids, {"item_id", "topics"})
+    item_dense = _dense_features(raw.items, "item_id", item_ids, {"item_id", "topics", "signature"})
+    item_signature = None
+    if raw.items is not None and "signature" in raw.items.columns:
+        item_signature = pd.factorize(raw.items["signature"].iloc[order].to_numpy())[0].astype(np.int64)
     user_dense = _dense_features(raw.users, "user_id", user_ids, {"user_id", "followed_topics"})
     user_topics = _user_topics(raw.users, user_ids, topic_names)
 
@@ -258,6 +262,7 @@ def prepare(
         topic_names=topic_names,
         item_topics=item_topics,
         user_topics=user_topics,
+        item_signature=item_signature,
         item_dense=item_dense,
         user_dense=user_dense,
         user=user,

@@ -93,7 +93,11 @@ def validate(raw: RawInteractions, sequence_column: str | None = None) -> None:
                 f"interactions: {int(unknown.sum())} row(s) reference item ids absent from the items table "
                 f"(e.g. {inter['item_id'][unknown].head(3).tolist()}); add them to the items table"
             )
-        _validate_numeric_features(items, "items", exclude={"item_id", "topics"})
+        _validate_numeric_features(items, "items", exclude={"item_id", "topics", "signature"})
+        if "signature" in items.columns and items["signature"].isna().any():
+            raise DataValidationError(
+                f"items: missing signature in rows {_first_rows(items['signature'].isna().to_numpy(), items)}"
+            )
         if "topics" in items.columns:
             bad = ~items["topics"].map(lambda t: isinstance(t, (list, tuple, np.ndarray))).to_numpy()
             if bad.any():

@@ -99,6 +99,7 @@ class InteractionsFileSource(InteractionSource):
         topics_column: multi-valued topic column in the items file (a list column in Parquet, or a string
             joined by ``topic_separator`` in CSV).
         item_feature_columns / user_feature_columns: numeric feature columns to use (default: none).
+        signature_column: item column with a canonical signature (e.g. an image hash) for corpus de-duplication.
         user_topics_column: multi-valued column in the users file with each user's explicitly followed
             topics (list column, or joined by ``topic_separator``); they must be item topics.
     """
@@ -117,6 +118,7 @@ class InteractionsFileSource(InteractionSource):
         item_feature_columns: list[str] | None = None,
         user_feature_columns: list[str] | None = None,
         user_topics_column: str | None = None,
+        signature_column: str | None = None,
     ):
         self.interactions_path = interactions_path
         self.items_path = items_path
@@ -130,6 +132,7 @@ class InteractionsFileSource(InteractionSource):
         self.item_feature_columns = list(item_feature_columns or [])
         self.user_feature_columns = list(user_feature_columns or [])
         self.user_topics_column = user_topics_column
+        self.signature_column = signature_column
 
     def load(self) -> RawInteractions:
         path = Path(self.interactions_path)
@@ -150,11 +153,14 @@ class InteractionsFileSource(InteractionSource):
             wanted = (
                 [self.item_column] + ([self.topics_column] if self.topics_column else []) + self.item_feature_columns
             )
+            wanted += [self.signature_column] if self.signature_column else []
             require_columns(table, wanted, str(ipath))
             items = table[wanted].rename(columns={self.item_column: "item_id"})
+            if self.signature_column:
+                items = items.rename(columns={self.signature_column: "signature"})
             if self.topics_column:
                 items["topics"] = _topic_lists(items.pop(self.topics_column), self.topic_separator)
-        elif self.topics_column or self.item_feature_columns:
+        elif self.topics_column or self.item_feature_columns or self.signature_column:
             raise DataValidationError("topics_column / item_feature_columns need items_path")
 
         users = None

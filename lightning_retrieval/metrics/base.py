@@ -19,7 +19,8 @@ class RankedLists:
     valid: ``[U]`` False for masked users (zero/padded query vectors): they retrieved nothing.
     item_topics_offsets / item_topics_values: topics of every corpus item (CSR), for topic diversity.
     item_embeddings: ``[N, D]`` corpus vectors, for embedding-space diversity.
-    num_items: corpus size.
+    num_items: catalogue size (item ids are in [0, num_items)).
+    corpus_size: number of indexed items (defaults to num_items); the denominator of coverage.
     """
 
     items: np.ndarray
@@ -30,6 +31,7 @@ class RankedLists:
     item_topic_offsets: np.ndarray | None = None
     item_topic_values: np.ndarray | None = None
     item_embeddings: np.ndarray | None = None
+    corpus_size: int | None = None  # indexed items when the index holds a serving corpus subset
 
     @property
     def depth(self) -> int:

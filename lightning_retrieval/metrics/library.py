@@ -75,14 +75,15 @@ class MeanReciprocalRank(RetrievalMetric):
 
 @register("coverage")
 class Coverage(RetrievalMetric):
-    """Share of the corpus that appears in at least one user's top k."""
+    """Share of the (indexed) corpus that appears in at least one user's top k."""
 
     per_user = False
     accuracy = False
 
     def compute(self, lists: RankedLists, k: int) -> float:
         items = lists.items[lists.valid, :k]
-        return float(sorted_unique(items.reshape(-1)).size) / lists.num_items if items.size else 0.0
+        corpus = lists.corpus_size or lists.num_items
+        return float(sorted_unique(items.reshape(-1)).size) / corpus if items.size else 0.0
 
 
 def _topic_multi_hot(lists: RankedLists, items: np.ndarray) -> np.ndarray:

@@ -75,6 +75,20 @@ def drop_seen(
     return (out_ids, out_scores, scanned) if return_scanned else (out_ids, out_scores)
 
 
+def id_space(index: IndexBackend) -> int:
+    """Number of item ids the index answers with (the whole catalogue, also for a corpus subset)."""
+    return int(getattr(index, "id_space", index.size))
+
+
+def seen_in_corpus(index: IndexBackend, exclude: CSR) -> np.ndarray:
+    """``[U]`` excluded items per row that the index can return (all of them unless it is a corpus subset)."""
+    corpus = getattr(index, "item_ids", None)
+    if corpus is None:
+        return exclude.lengths
+    inside = _member(exclude.values, np.sort(corpus))
+    return np.bincount(exclude.row_ids()[inside], minlength=exclude.num_rows)
+
+
 class RetrievalEvaluator:
     """Search, exclude, score.
 
@@ -100,7 +114,7 @@ class RetrievalEvaluator:
         Returns ``(items [U, depth], scores [U, depth], valid [U])``; zero query vectors are masked
         (``valid`` False, items -1) rather than searched. NaN queries raise.
         """
-        n_users, n_items = len(queries), index.size
+        n_users, n_items = len(queries), id_space(index)
         if exclude.num_rows != n_users:
             raise ValueError(f"exclude has {exclude.num_rows} rows for {n_users} queries")
         queries = np.asarray(queries, dtype=np.float32)
@@ -108,17 +122,17 @@ class RetrievalEvaluator:
             bad = np.flatnonzero(~np.isfinite(queries).all(1))
             raise ValueError(f"{len(bad)} user vector(s) contain NaN/inf (first rows {bad[:5].tolist()})")
         valid = np.abs(queries).sum(1) > 0
-        seen = exclude.lengths
-        room = n_items - seen
+        seen = seen_in_corpus(index, exclude)
+        room = index.size - seen
         if (room[valid] < depth).any():
             worst = int(np.flatnonzero(valid & (room < depth))[0])
             raise RetrievalIndexError(
                 f"k={depth} is larger than the corpus left after excluding seen items for "
-                f"{int((valid & (room < depth)).sum())} user(s) (corpus {n_items}, user row {worst} has "
+                f"{int((valid & (room < depth)).sum())} user(s) (corpus {index.size}, user row {worst} has "
                 f"{int(seen[worst])} seen items); lower k or disable exclude_seen"
             )
         # one global over-fetch depth, so every user is searched the same way whatever the batch size
-        fetch = min(n_items, depth + int(seen[valid].max(initial=0)))
+        fetch = min(index.size, depth + int(seen[valid].max(initial=0)))
         exclude_keys = exclude.keys(n_items)
         items = np.full((n_users, depth), -1, dtype=np.int64)
         scores = np.full((n_users, depth), -np.inf, dtype=np.float32)
@@ -185,7 +199,7 @@ class RetrievalEvaluator:
             items, scores, valid = self.retrieve_multi(index, user_vectors, user_valid, exclude, depth, merger)
         else:
             items, scores, valid = self.retrieve(index, user_vectors, exclude, depth)
-        n_items = index.size
+        n_items = id_space(index)
         hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
         lists = RankedLists(
             items=items,
@@ -193,6 +207,7 @@ class RetrievalEvaluator:
             num_targets=targets.lengths,
             valid=valid,
             num_items=n_items,
+            corpus_size=index.size,
             item_topic_offsets=None if item_topics is None or item_topics.values.size == 0 else item_topics.offsets,
             item_topic_values=None if item_topics is None or item_topics.values.size == 0 else item_topics.values,
             item_embeddings=item_vectors,

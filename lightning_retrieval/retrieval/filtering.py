@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from lightning_retrieval.data.preparation import CSR, sorted_member
-from lightning_retrieval.retrieval.evaluator import drop_seen
+from lightning_retrieval.retrieval.evaluator import drop_seen, id_space
 from lightning_retrieval.retrieval.index import IndexBackend
 
 FilterMode = Literal["none", "prefilter", "postfilter", "streaming"]
@@ -77,7 +77,7 @@ def filtered_retrieve(
     """Top-``k`` topic-matching, unseen items for queries ``[Q, D]`` with topics ``[Q]``; see the module doc."""
     if mode not in FILTER_MODES:
         raise ValueError(f"unknown filter mode {mode!r}; choose one of {FILTER_MODES}")
-    n_items, n_q = index.size, len(queries)
+    n_items, n_q = id_space(index), len(queries)
     if exclude.num_rows != n_q or len(topics) != n_q:
         raise ValueError(f"need one exclude row and one topic per query ({n_q}), got {exclude.num_rows}, {len(topics)}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -86,7 +86,7 @@ def filtered_retrieve(
     max_seen = int(exclude.lengths.max(initial=0))
     scanned = np.zeros(n_q, dtype=np.int64)
     if mode == "none":
-        fetch = min(n_items, k + max_seen)
+        fetch = min(index.size, k + max_seen)
         scores, ids = index.search(queries, fetch)
         items, out_scores, scanned = drop_seen(rows, ids, scores, ex_keys, n_items, k, True, return_scanned=True)
         return FilteredResults(items, out_scores, scanned)
@@ -104,13 +104,13 @@ def filtered_retrieve(
             scanned[group] = scanned_per_query
         return FilteredResults(items, out_scores, scanned)
     if mode == "postfilter":
-        fetch = min(n_items, k * overfetch + max_seen)
+        fetch = min(index.size, k * overfetch + max_seen)
         scores, ids = index.search(queries, fetch)
         extra = ~topic_filter.matches(ids, topics)
         items, out_scores, scanned = drop_seen(rows, ids, scores, ex_keys, n_items, k, True, extra, True)
         return FilteredResults(items, out_scores, scanned)
     # streaming: grow the fetch for the queries that still lack k matches
-    limit = min(n_items, budget or n_items)
+    limit = min(index.size, budget or index.size)
     items = np.full((n_q, k), -1, dtype=np.int64)
     out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     pending = rows
