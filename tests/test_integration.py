@@ -103,6 +103,21 @@ def _cli(*args, cwd):
     return out
 
 
+def _predict(cfg: str, ckpt, cwd) -> pd.DataFrame:
+    """``predict`` with the top-100 writer config; returns the written predictions."""
+    _cli(
+        "predict",
+        "--config",
+        cfg,
+        "--config",
+        str(REPO / "configs" / "predict_topk.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        cwd=cwd,
+    )
+    return pd.read_parquet(cwd / "runs/predictions/top100.parquet")
+
+
 def test_cli_fit_test_predict_and_popularity(tmp_path):
     cfg = str(REPO / "configs" / "two_tower.yaml")
     quick = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=40"]
@@ -127,17 +142,7 @@ def test_cli_fit_test_predict_and_popularity(tmp_path):
     )
     assert "PopularityRetrieval" in report.stdout and "TwoTowerRetrieval" in report.stdout
 
-    _cli(
-        "predict",
-        "--config",
-        cfg,
-        "--config",
-        str(REPO / "configs" / "predict_topk.yaml"),
-        "--ckpt_path",
-        str(ckpt),
-        cwd=tmp_path,
-    )
-    pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
+    pred = _predict(cfg, ckpt, tmp_path)
     assert list(pred.columns) == ["user_id", "rank", "item_id", "score"]
     assert len(pred) == 610 * 100 and pred.groupby("user_id")["rank"].max().eq(100).all()
     assert pred.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
@@ -169,17 +174,7 @@ def test_cli_multi_embedding_fit_and_predict(tmp_path):
     assert card["protocol"]["searched_embeddings"] >= 610
     assert any(k.startswith("recall@50/history_") for k in card["metrics"])
     ckpt = tmp_path / "runs/dcm/checkpoints/last.ckpt"
-    _cli(
-        "predict",
-        "--config",
-        cfg,
-        "--config",
-        str(REPO / "configs" / "predict_topk.yaml"),
-        "--ckpt_path",
-        str(ckpt),
-        cwd=tmp_path,
-    )
-    pred = pd.read_parquet(tmp_path / "runs/predictions/top100.parquet")
+    pred = _predict(cfg, ckpt, tmp_path)
     assert len(pred) == 610 * 100 and not pred.duplicated(["user_id", "item_id"]).any()
 
 

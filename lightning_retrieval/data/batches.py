@@ -48,14 +48,18 @@ class BatchBuilder:
         items = torch.where(mask, self.inter_item[positions.clamp(min=0)], torch.zeros((), dtype=torch.long))
         return items, mask
 
+    def topics_of(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flattened topics of ``items`` and how many each has: ``(values [nnz], lengths [len(items)])``."""
+        starts = self.topic_offsets[items]
+        lengths = self.topic_offsets[items + 1] - starts
+        gather = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+        return self.topic_values[gather + torch.arange(int(lengths.sum()))], lengths
+
     def item_features(self, items: torch.Tensor, prefix: str = "item") -> dict[str, torch.Tensor]:
-        starts, ends = self.topic_offsets[items], self.topic_offsets[items + 1]
-        lengths = ends - starts
-        total = int(lengths.sum())
-        gather = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(total)
+        topics, lengths = self.topics_of(items)
         return {
             prefix: items,
-            f"{prefix}_topics": self.topic_values[gather],
+            f"{prefix}_topics": topics,
             f"{prefix}_topic_lengths": lengths,
             f"{prefix}_dense": self.item_dense[items],
         }
@@ -74,15 +78,10 @@ class BatchBuilder:
 
     def topic_counts(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` how often each topic occurs among the (windowed) history items."""
-        items = history[mask]
         rows = torch.arange(history.shape[0]).repeat_interleave(mask.sum(1))
-        starts, lengths = self.topic_offsets[items], self.topic_offsets[items + 1] - self.topic_offsets[items]
-        total = int(lengths.sum())
-        gather = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(total)
+        topics, lengths = self.topics_of(history[mask])
         counts = torch.zeros(history.shape[0], self.num_topics)
-        counts.index_put_(
-            (rows.repeat_interleave(lengths), self.topic_values[gather]), torch.ones(total), accumulate=True
-        )
+        counts.index_put_((rows.repeat_interleave(lengths), topics), torch.ones(len(topics)), accumulate=True)
         return counts
 
 

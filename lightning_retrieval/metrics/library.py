@@ -91,6 +91,15 @@ def _topic_multi_hot(lists: RankedLists, items: np.ndarray) -> np.ndarray:
     return lists.topic_table()[items]
 
 
+def _by_chunks(lists: RankedLists, k: int, per_chunk) -> np.ndarray:
+    """``[U]`` values of ``per_chunk(items [u, k])`` over fixed-size user chunks (bounded memory, same result
+    for any evaluation batch size); padding ids (-1) are read as item 0 and belong to masked users only."""
+    out = np.zeros(len(lists.items))
+    for s in range(0, len(lists.items), _CHUNK):
+        out[s : s + _CHUNK] = per_chunk(np.maximum(lists.items[s : s + _CHUNK, :k], 0))
+    return out
+
+
 def _pair_mean(sim: np.ndarray) -> np.ndarray:
     """Mean over i<j of ``[u, k, k]`` pairwise values -> ``[u]``."""
     k = sim.shape[1]
@@ -105,16 +114,15 @@ class TopicDiversity(RetrievalMetric):
     accuracy = False
 
     def compute(self, lists: RankedLists, k: int) -> np.ndarray:
-        out = np.zeros(len(lists.items))
-        for s in range(0, len(lists.items), _CHUNK):
-            items = np.maximum(lists.items[s : s + _CHUNK, :k], 0)
+        def chunk(items):
             hot = _topic_multi_hot(lists, items)
             inter = np.einsum("ukt,ujt->ukj", hot, hot)
             sizes = hot.sum(2)
             union = sizes[:, :, None] + sizes[:, None, :] - inter
             jaccard = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-            out[s : s + _CHUNK] = _pair_mean(1.0 - jaccard)
-        return out
+            return _pair_mean(1.0 - jaccard)
+
+        return _by_chunks(lists, k, chunk)
 
 
 @register("distinct_topics")
@@ -124,11 +132,7 @@ class DistinctTopics(RetrievalMetric):
     accuracy = False
 
     def compute(self, lists: RankedLists, k: int) -> np.ndarray:
-        out = np.zeros(len(lists.items))
-        for s in range(0, len(lists.items), _CHUNK):
-            items = np.maximum(lists.items[s : s + _CHUNK, :k], 0)
-            out[s : s + _CHUNK] = (_topic_multi_hot(lists, items).max(1) > 0).sum(1)
-        return out
+        return _by_chunks(lists, k, lambda items: (_topic_multi_hot(lists, items).max(1) > 0).sum(1))
 
 
 @register("embedding_diversity")
@@ -139,8 +143,4 @@ class EmbeddingDiversity(RetrievalMetric):
 
     def compute(self, lists: RankedLists, k: int) -> np.ndarray:
         emb = lists.unit_embeddings()
-        out = np.zeros(len(lists.items))
-        for s in range(0, len(lists.items), _CHUNK):
-            vecs = emb[np.maximum(lists.items[s : s + _CHUNK, :k], 0)]
-            out[s : s + _CHUNK] = _pair_mean(1.0 - np.einsum("ukd,ujd->ukj", vecs, vecs))
-        return out
+        return _by_chunks(lists, k, lambda items: _pair_mean(1.0 - np.einsum("ukd,ujd->ukj", emb[items], emb[items])))
