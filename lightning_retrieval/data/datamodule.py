@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
@@ -35,6 +36,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         val_items / test_items: interactions per user held out (leave_last_out).
         val_time / test_time: cut points for global_time, quantiles in (0, 1) or absolute timestamps.
         min_rating: implicit-feedback threshold; interactions below it are removed (and counted).
+        train_window: ``[start, end)`` of the training examples (targets), as quantiles of the timestamps in
+            [0, 1] or absolute timestamps; histories may still reach back before ``start``. Default: all.
         max_history: most recent items of the history fed to the user tower.
         batch_size: training batch size; eval_batch_size: users per evaluation batch.
         negative_sampler: optional corpus negatives for mixed negative sampling (``uniform``, ``unigram``).
@@ -51,6 +54,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         val_time: float = 0.8,
         test_time: float = 0.9,
         min_rating: float | None = None,
+        train_window: list[float] | None = None,
         max_history: int = 50,
         batch_size: int = 512,
         eval_batch_size: int = 1024,
@@ -66,6 +70,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.val_items, self.test_items = val_items, test_items
         self.val_time, self.test_time = val_time, test_time
         self.min_rating = min_rating
+        if train_window is not None and len(train_window) != 2:
+            raise ValueError(f"train_window must be [start, end], got {train_window}")
+        self.train_window = train_window
         self.max_history = max_history
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -132,8 +139,34 @@ class RetrievalDataModule(pl.LightningDataModule):
         return self._eval_sets[stage]
 
     # ---- loaders ----
+    @cached_property
+    def training_window(self) -> tuple[float, float]:
+        """``(start, end)`` timestamps of the training examples (the configured window, else their span)."""
+        ts = self.data.timestamp[self.data.train_indices()]
+        if self.train_window is None:
+            return float(ts.min()), float(np.nextafter(ts.max(), np.inf))
+        bounds = []
+        for value in self.train_window:
+            is_quantile = 0.0 <= value <= 1.0
+            bounds.append(float(np.quantile(self.data.timestamp, value)) if is_quantile else float(value))
+        if self.train_window[1] == 1.0:
+            bounds[1] = float(np.nextafter(self.data.timestamp.max(), np.inf))
+        if bounds[0] >= bounds[1]:
+            raise ValueError(f"train_window {self.train_window} is empty ({bounds[0]} >= {bounds[1]})")
+        return bounds[0], bounds[1]
+
+    def training_indices(self):
+        """Training interactions whose timestamp lies in the training window."""
+        idx = self.data.train_indices()
+        start, end = self.training_window
+        ts = self.data.timestamp[idx]
+        idx = idx[(ts >= start) & (ts < end)]
+        if len(idx) == 0:
+            raise ValueError(f"no training interaction in the train_window {self.train_window}")
+        return idx
+
     def train_dataloader(self) -> DataLoader:
-        ds = TrainingExamples(self._train_builder, self.data.train_indices(), self.negative_sampler, self.seed)
+        ds = TrainingExamples(self._train_builder, self.training_indices(), self.negative_sampler, self.seed)
         return DataLoader(
             ds,
             batch_size=self.batch_size,

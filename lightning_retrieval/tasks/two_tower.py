@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_retrieval.losses.sampled_softmax import RetrievalLoss, SampledSoftmaxLoss
 from lightning_retrieval.models.embeddings import IdEmbeddings
+from lightning_retrieval.models.pretrained import PretrainedIds
 from lightning_retrieval.models.towers import FeatureCrossingTower, TowerFactory
 from lightning_retrieval.registry import register
 from lightning_retrieval.tasks.base import RetrievalModel
@@ -29,6 +30,8 @@ class TwoTowerRetrieval(RetrievalModel):
         share_item_embeddings: history items use the item-id table (else a separate table).
         id_dropout: dropout on pooled ID embeddings.
         optimizer: optimizer factory, e.g. ``torch.optim.Adam`` with ``lr``.
+        pretrained_ids: load user/item ID tables from an ``id_pretrain`` export (frozen + dropout 0.5 by
+            default; refused if its training window overlaps this model's).
     """
 
     extra_user_fields = 0  # subclasses that add user-tower fields (e.g. a condition) raise this
@@ -43,9 +46,10 @@ class TwoTowerRetrieval(RetrievalModel):
         share_item_embeddings: bool = True,
         id_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
+        pretrained_ids: PretrainedIds | None = None,
     ):
         super().__init__(feature_spec)
-        self.save_hyperparameters(ignore=["loss", "user_tower", "item_tower", "optimizer"])
+        self.save_hyperparameters(ignore=["loss", "user_tower", "item_tower", "optimizer", "pretrained_ids"])
         num_users, num_items, num_topics, user_dense, item_dense = self.require_spec(
             "num_users", "num_items", "num_topics", "user_dense_dim", "item_dense_dim"
         )
@@ -64,6 +68,16 @@ class TwoTowerRetrieval(RetrievalModel):
             )
         self.loss = loss
         self.optimizer_factory = optimizer
+        self.pretrained_ids = pretrained_ids
+        self.pretrained_report: dict = {}
+
+    def setup(self, stage: str) -> None:
+        """Load pre-trained ID tables (before the optimizer is built, so frozen tables stay frozen)."""
+        if self.pretrained_ids is not None and not self.pretrained_report:
+            dm = self.trainer.datamodule
+            self.pretrained_report = self.pretrained_ids.apply(
+                self.embeddings, dm.data.user_ids, dm.data.item_ids, dm.training_window
+            )
 
     # ---- towers ----
     def user_fields(self, batch) -> torch.Tensor:
@@ -120,4 +134,4 @@ class TwoTowerRetrieval(RetrievalModel):
         return self.compute_loss(batch)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
+        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])

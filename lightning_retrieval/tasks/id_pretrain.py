@@ -1,0 +1,93 @@
+"""Contrastive pre-training of user and item ID embeddings (no towers), exported for later models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+
+from lightning_retrieval.callbacks.base import RetrievalCallback
+from lightning_retrieval.losses.sampled_softmax import RetrievalLoss, SampledSoftmaxLoss
+from lightning_retrieval.models.embeddings import IdEmbeddings
+from lightning_retrieval.models.pretrained import save_pretrained_ids
+from lightning_retrieval.registry import register
+from lightning_retrieval.tasks.base import RetrievalModel
+
+
+@register("id_pretrain")
+class IdPretraining(RetrievalModel):
+    """Learns ``score(u, i) = <e_u, e_i>`` on the training window with in-batch (+ sampled) negatives.
+
+    Positives are not down-sampled; the window is the datamodule's ``train_window``. The tables are written by
+    the ``pretrained_id_export`` callback at the end of training.
+    """
+
+    def __init__(
+        self,
+        feature_spec: dict | None = None,
+        embedding_dim: int = 64,
+        loss: RetrievalLoss = lazy_instance(SampledSoftmaxLoss),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+    ):
+        super().__init__(feature_spec)
+        self.save_hyperparameters(ignore=["loss", "optimizer"])
+        num_users, num_items = self.require_spec("num_users", "num_items")
+        self.embeddings = IdEmbeddings(num_users, num_items, 0, embedding_dim)
+        self.loss, self.optimizer_factory = loss, optimizer
+
+    def embed_users(self, batch):
+        users = batch["user"]
+        return F.normalize(self.embeddings({"user": (users, torch.ones_like(users))}, users.shape[0])["user"], dim=-1)
+
+    def embed_items(self, batch, prefix: str = "item"):
+        items = batch[prefix]
+        return F.normalize(self.embeddings({prefix: (items, torch.ones_like(items))}, items.shape[0])[prefix], dim=-1)
+
+    def compute_loss(self, batch):
+        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
+        return self.loss(
+            self.embed_users(batch),
+            self.embed_items(batch),
+            batch["item"],
+            batch["item_log_q"],
+            neg,
+            batch.get("neg_item"),
+            batch.get("neg_log_q"),
+        )
+
+    def training_step(self, batch, batch_idx):
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["user"].shape[0])
+        return loss
+
+    def evaluation_loss(self, batch):
+        return self.compute_loss(batch)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+
+@register("pretrained_id_export")
+class PretrainedIdExport(RetrievalCallback):
+    """Writes the model's user and item ID tables, the id mapping and the training window at the end of ``fit``.
+
+    Args:
+        path: output file (see ``lightning_retrieval.models.pretrained`` for the format).
+    """
+
+    def __init__(self, path: str = "runs/pretrained/ids.pt"):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            dm = trainer.datamodule
+            save_pretrained_ids(
+                self.path,
+                dm.data.user_ids,
+                pl_module.embeddings.table("user_id"),
+                dm.data.item_ids,
+                pl_module.embeddings.table("item_id"),
+                dm.training_window,
+            )
