@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from jsonargparse import lazy_instance
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_retrieval.data.batches import BatchBuilder, EvaluationUsers, TrainingExamples, collate_batch
 from lightning_retrieval.data.negatives import NegativeSampler
@@ -43,6 +43,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         negative_sampler: optional corpus negatives for mixed negative sampling (``uniform``, ``unigram``).
         exclude_seen: remove each user's history items from their retrieved lists.
         seed: seeds shuffling and negative sampling.
+        shuffle: shuffle training examples (off: a fixed order, e.g. to compare 1 and N processes batch by batch).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         exclude_seen: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        shuffle: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["source", "negative_sampler"])
@@ -80,6 +82,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.exclude_seen = exclude_seen
         self.seed = seed
         self.num_workers = num_workers
+        self.shuffle = shuffle
         self._eval_sets: dict[str, EvaluationSet] = {}
 
     # ---- prepared data (lazy: the CLI links feature_spec into the model at instantiation) ----
@@ -167,10 +170,28 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = TrainingExamples(self._train_builder, self.training_indices(), self.negative_sampler, self.seed)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:  # our own sampler (Lightning keeps it): shards in our order, so N ranks x B = 1 rank x N*B
+            sampler = DistributedSampler(
+                ds,
+                num_replicas=world,
+                rank=self.trainer.global_rank,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                drop_last=True,
+            )
+            return DataLoader(
+                ds,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                collate_fn=collate_batch,
+                num_workers=self.num_workers,
+                drop_last=True,
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=self.shuffle,
             generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate_batch,
             num_workers=self.num_workers,

@@ -5,10 +5,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_retrieval.registry import component_kind, register
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather without gradients (ids, log-probabilities), concatenated in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 @component_kind("losses")
@@ -31,6 +40,8 @@ class SampledSoftmaxLoss(RetrievalLoss):
         min_temperature: lower bound of the learned temperature.
         logq_correction: apply the sampling-bias correction.
         mask_duplicates: mask columns whose item equals the row's positive.
+        gather_negatives: under distributed training, use every process's positives as negatives (all-gather
+            with gradients), so N processes with batch B train like one process with batch N * B.
     """
 
     def __init__(
@@ -40,6 +51,7 @@ class SampledSoftmaxLoss(RetrievalLoss):
         min_temperature: float = 0.01,
         logq_correction: bool = True,
         mask_duplicates: bool = True,
+        gather_negatives: bool = True,
     ):
         super().__init__()
         if not 0 < min_temperature <= temperature:
@@ -52,32 +64,50 @@ class SampledSoftmaxLoss(RetrievalLoss):
         self.max_log_inverse = math.log(1.0 / min_temperature)
         self.logq_correction = logq_correction
         self.mask_duplicates = mask_duplicates
+        self.gather_negatives = gather_negatives
 
     @property
     def temperature(self) -> torch.Tensor:
         return 1.0 / self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
 
-    def logits(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:
-        """Corrected, masked logits ``[B, B + M]``; the positive of row i is column i."""
+    def logits(
+        self,
+        user,
+        item,
+        item_ids,
+        item_log_q,
+        neg=None,
+        neg_ids=None,
+        neg_log_q=None,
+        positives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Corrected, masked logits ``[B, C + M]`` over ``C`` in-batch columns (``C = B`` on one process);
+        the positive of row i is column ``positives[i]`` (default i)."""
         scale = self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
         logits = user @ item.T * scale
-        batch = user.shape[0]
+        rows = torch.arange(user.shape[0], device=user.device)
+        positives = rows if positives is None else positives
         if self.logq_correction:
-            logits = logits - (item_log_q + math.log(batch))[None, :]
+            logits = logits - (item_log_q + math.log(item.shape[0]))[None, :]
         if self.mask_duplicates:
-            same = item_ids[None, :] == item_ids[:, None]
-            same.fill_diagonal_(False)
+            same = item_ids[None, :] == item_ids[positives][:, None]
+            same[rows, positives] = False
             logits = logits.masked_fill(same, float("-inf"))
         if neg is not None:
             neg_logits = user @ neg.T * scale
             if self.logq_correction:
                 neg_logits = neg_logits - neg_log_q[None, :]
             if self.mask_duplicates:
-                neg_logits = neg_logits.masked_fill(neg_ids[None, :] == item_ids[:, None], float("-inf"))
+                neg_logits = neg_logits.masked_fill(neg_ids[None, :] == item_ids[positives][:, None], float("-inf"))
             logits = torch.cat([logits, neg_logits], dim=1)
         return logits
 
     def forward(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:
-        logits = self.logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q)
-        labels = torch.arange(user.shape[0], device=user.device)
+        offset = 0
+        if self.gather_negatives and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            offset = dist.get_rank() * user.shape[0]  # every rank has the same batch size (drop_last)
+            item = torch.cat(dist_nn.all_gather(item))  # gradients flow back to the owning rank
+            item_ids, item_log_q = _gather(item_ids), _gather(item_log_q)
+        labels = torch.arange(user.shape[0], device=user.device) + offset
+        logits = self.logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q, positives=labels)
         return F.cross_entropy(logits, labels)

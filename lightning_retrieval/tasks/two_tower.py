@@ -125,7 +125,7 @@ class TwoTowerRetrieval(RetrievalModel):
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
         batch_size = batch["user"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if hasattr(self.loss, "temperature"):
             self.log("train/temperature", self.loss.temperature, batch_size=batch_size)
         return loss
