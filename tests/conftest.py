@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,21 @@ def subprocess_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     env.update(LIGHTNING_RETRIEVAL_PLUGIN_PATH=str(REPO / "plugins"), WANDB_MODE="offline", **extra)
     return env
+
+
+def run_cli(*args: str, cwd, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m lightning_retrieval ARGS`` in ``cwd`` with a clean environment; asserts success by default."""
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_retrieval", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,6 @@
 """Distributed training on CPU (gloo): cross-process negatives make N processes x B equal 1 process x N*B."""
 
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -13,7 +11,7 @@ import torch.nn.functional as F
 
 from lightning_retrieval.losses import SampledSoftmaxLoss
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli
 
 
 def _batch():
@@ -73,15 +71,7 @@ def test_two_process_ddp_follows_the_one_process_loss_trajectory(tmp_path):
     ):
         cwd = tmp_path / name
         cwd.mkdir()
-        out = subprocess.run(
-            [sys.executable, "-m", "lightning_retrieval", "fit", "--config", str(config), *common, *extra],
-            cwd=cwd,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
+        run_cli("fit", "--config", str(config), *common, *extra, cwd=cwd)
         metrics = pd.read_csv(next(cwd.rglob("metrics.csv")))
         losses[name] = metrics["train/loss"].dropna().tolist()
     assert len(losses["one"]) == len(losses["two"]) == 6

@@ -1,8 +1,6 @@
 """Training on the shipped MovieLens data, every logger receiving the metrics, and the CLI end to end."""
 
 import json
-import subprocess
-import sys
 
 import lightning.pytorch as pl
 import numpy as np
@@ -15,7 +13,7 @@ from lightning_retrieval.data import MovieLensSource, RetrievalDataModule
 from lightning_retrieval.data.negatives import UniformNegativeSampler
 from lightning_retrieval.tasks import PopularityRetrieval, TwoTowerRetrieval
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +89,7 @@ def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_
 
 
 def _cli(*args, cwd):
-    out = subprocess.run(
-        [sys.executable, "-m", "lightning_retrieval", *args, "--trainer.enable_progress_bar=false"],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return run_cli(*args, "--trainer.enable_progress_bar=false", cwd=cwd)
 
 
 def _predict(cfg: str, ckpt, cwd) -> pd.DataFrame:
@@ -134,12 +123,7 @@ def test_cli_fit_test_predict_and_popularity(tmp_path):
     assert (card_path.with_suffix(".md")).read_text().startswith("# Result card: TwoTowerRetrieval (test)")
 
     _cli("test", "--config", str(REPO / "configs" / "popularity.yaml"), cwd=tmp_path)
-    report = subprocess.run(
-        [sys.executable, "-m", "lightning_retrieval", "report", "runs/two_tower", "runs/popularity"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    report = run_cli("report", "runs/two_tower", "runs/popularity", cwd=tmp_path)
     assert "PopularityRetrieval" in report.stdout and "TwoTowerRetrieval" in report.stdout
 
     pred = _predict(cfg, ckpt, tmp_path)

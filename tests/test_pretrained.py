@@ -8,7 +8,7 @@ from lightning_retrieval.data import RetrievalDataModule
 from lightning_retrieval.models.embeddings import IdEmbeddings
 from lightning_retrieval.models.pretrained import PretrainedIds, load_pretrained_ids, save_pretrained_ids
 
-from conftest import REPO, make_raw
+from conftest import REPO, make_raw, run_cli
 
 
 def _file(tmp_path, window=(0.0, 100.0)):
@@ -73,27 +73,15 @@ def test_train_window_selects_training_targets():
 @pytest.mark.slow
 def test_cli_pretrain_then_frozen_two_tower(tmp_path):
     import json
-    import subprocess
-    import sys
-
-    from conftest import subprocess_env
 
     def cli(*args):
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lightning_retrieval",
-                *args,
-                "--trainer.max_epochs=1",
-                "--trainer.limit_train_batches=5",
-                "--trainer.enable_progress_bar=false",
-            ],
+        return run_cli(
+            *args,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=5",
+            "--trainer.enable_progress_bar=false",
             cwd=tmp_path,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
+            check=False,
         )
 
     out = cli("fit", "--config", str(REPO / "configs/pretrain_ids.yaml"))

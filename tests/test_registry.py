@@ -1,7 +1,5 @@
 """Registry: short names, class names, import paths, plugin dir, entry points, errors, CLI integration."""
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -13,7 +11,7 @@ from lightning_retrieval.models.crossing import CrossingBlock, MLPCrossing
 from lightning_retrieval.registry import UnknownComponentError, components, kinds, resolve
 from lightning_retrieval.registry.plugins import load_plugins
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli
 
 prepare_registry()
 
@@ -144,14 +142,7 @@ def test_jsonargparse_unknown_name_error_names_the_field_and_choices():
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_retrieval", *args],
-        env=subprocess_env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd, check=False)
 
 
 def test_cli_registry_help_and_print_config():

@@ -1,15 +1,13 @@
 """W&B offline: run name/group/tags from components, full config, metrics and tables read back from the run file."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from lightning_retrieval.tracking.wandb_files import read_run
 from lightning_retrieval.tracking.wandb_setup import component_names
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli
 
 
 def test_component_names_are_registry_names_in_order():
@@ -31,28 +29,17 @@ def test_component_names_are_registry_names_in_order():
 
 @pytest.mark.slow
 def test_wandb_offline_run_records_config_metrics_and_tables(tmp_path):
-    env = subprocess_env()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lightning_retrieval",
-            "fit",
-            "--config",
-            str(REPO / "configs/masknet.yaml"),
-            "--config",
-            str(REPO / "configs/wandb.yaml"),
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=5",
-            "--trainer.enable_progress_bar=false",
-        ],
+    out = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/masknet.yaml"),
+        "--config",
+        str(REPO / "configs/wandb.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=5",
+        "--trainer.enable_progress_bar=false",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     assert "[val epoch 0] recall@50=" in out.stderr + out.stdout  # readable console line per evaluation
     run_dir = next((tmp_path / "runs/wandb/wandb").glob("offline-run-*"))
     run = read_run(run_dir)

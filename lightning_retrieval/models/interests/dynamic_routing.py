@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -57,8 +55,3 @@ class DynamicRoutingInterests(InterestModule):
             k_user = torch.full_like(n, self.num_interests)
         valid = (torch.arange(self.num_interests, device=n.device)[None] < k_user[:, None]) & (n[:, None] > 0)
         return capsules, valid
-
-
-def mind_interest_count(history_length: int, num_interests: int) -> int:
-    """MIND's K_u for a user with ``history_length`` items."""
-    return max(1, min(num_interests, int(math.floor(math.log2(max(history_length, 1))))))
