@@ -46,9 +46,14 @@ def _is_trainable(config: Path) -> bool:
 
 def run_config(config: Path, quiet: bool = True) -> tuple[dict, dict]:
     """Fit + test one config; returns its table row and its result card."""
-    from lightning_retrieval.cli import main as cli
+    from lightning_retrieval.cli import main as lightning_retrieval
 
     extra = ["--trainer.enable_progress_bar=false"] if quiet else []
+
+    def cli(args: list[str]) -> None:
+        print("\n$ lightning-retrieval " + " ".join(args), flush=True)
+        lightning_retrieval(args)
+
     run_dir = _run_dir(config)
     started = time.perf_counter()
     if _is_trainable(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,6 +10,18 @@ import numpy as np
 import torch
 
 from lightning_retrieval.registry import component_kind
+
+
+@contextmanager
+def evaluation_mode(pl_module):
+    """Eval mode and no gradients for work done outside Lightning's loops; restores the previous mode."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        pl_module.train(was_training)
 
 
 @component_kind("callbacks")
@@ -43,19 +56,13 @@ class RetrievalCallback(pl.Callback):
         return {k: v[first] for k, v in merged.items()}
 
     @staticmethod
-    @torch.no_grad()
     def corpus_vectors(trainer: pl.Trainer, pl_module, stage: str, batch_size: int = 8192) -> np.ndarray:
         """Item-tower vectors of the whole corpus ``[N, D]`` (model in eval mode, no gradients)."""
-        datamodule = trainer.datamodule
-        was_training = pl_module.training
-        pl_module.eval()
-        chunks = []
-        try:
-            for batch in datamodule.corpus_batches(stage, batch_size):
-                batch = {k: v.to(pl_module.device) for k, v in batch.items()}
-                chunks.append(pl_module.embed_items(batch).float().cpu())
-        finally:
-            pl_module.train(was_training)
+        with evaluation_mode(pl_module):
+            chunks = [
+                pl_module.embed_items({k: v.to(pl_module.device) for k, v in batch.items()}).float().cpu()
+                for batch in trainer.datamodule.corpus_batches(stage, batch_size)
+            ]
         return torch.cat(chunks).numpy()
 
     @staticmethod

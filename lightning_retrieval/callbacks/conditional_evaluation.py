@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from jsonargparse import lazy_instance
 
-from lightning_retrieval.callbacks.base import RetrievalCallback
+from lightning_retrieval.callbacks.base import RetrievalCallback, evaluation_mode
 from lightning_retrieval.callbacks.result_card import write_result_card
 from lightning_retrieval.data.preparation import CSR, sorted_member, take_rows
 from lightning_retrieval.registry import register
@@ -80,12 +80,9 @@ class ConditionalEvaluation(RetrievalCallback):
     def on_test_epoch_end(self, trainer, pl_module):
         self._evaluate(trainer, pl_module, "test")
 
-    @torch.no_grad()
     def _query_vectors(self, pl_module, builder, users, cutoff, topics) -> np.ndarray:
-        was_training = pl_module.training
-        pl_module.eval()
         out = []
-        try:
+        with evaluation_mode(pl_module):
             for s in range(0, len(users), self.batch_size):
                 sl = slice(s, s + self.batch_size)
                 batch = builder.user_features(torch.from_numpy(users[sl]), torch.from_numpy(cutoff[sl]))
@@ -97,8 +94,6 @@ class ConditionalEvaluation(RetrievalCallback):
                     if isinstance(vectors, tuple):
                         raise TypeError("conditional evaluation needs a single-embedding or conditional model")
                 out.append(vectors.float().cpu())
-        finally:
-            pl_module.train(was_training)
         return torch.cat(out).numpy()
 
     def _evaluate(self, trainer, pl_module, stage: str) -> None:

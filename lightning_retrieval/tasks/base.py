@@ -42,6 +42,15 @@ class RetrievalModel(pl.LightningModule):
         """Item vectors ``[N, D]`` for an item-feature batch (``item``, topics, dense, ``item_count``)."""
         raise NotImplementedError
 
+    def in_batch_loss(self, users: torch.Tensor, batch: dict[str, torch.Tensor], items: torch.Tensor | None = None):
+        """``self.loss`` of user vectors ``[B, D]`` against the batch's targets (embedded unless given) and its
+        corpus negatives, if the datamodule sampled any."""
+        items = self.embed_items(batch) if items is None else items
+        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
+        return self.loss(
+            users, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
+        )
+
     def evaluation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Loss of the user's first target (a diagnostic logged as ``<stage>/loss``); None if not defined."""
         return None

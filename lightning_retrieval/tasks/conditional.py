@@ -85,12 +85,7 @@ class ConditionalRetrieval(TwoTowerRetrieval):
         return self.condition.training_conditions(batch["item_topics"], batch["item_topic_lengths"], self.generator)
 
     def compute_loss(self, batch) -> torch.Tensor:
-        users = self.embed_conditioned(batch, self.training_conditions(batch).to(self.device))
-        items = self.embed_items(batch)
-        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
-        return self.loss(
-            users, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
-        )
+        return self.in_batch_loss(self.embed_conditioned(batch, self.training_conditions(batch).to(self.device)), batch)
 
     def serving_embeddings(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One embedding per inferred interest: ``([B, C, D], valid [B, C])``; no topics -> one unconditioned."""
@@ -162,14 +157,7 @@ class SynergisedRetrieval(MultiEmbeddingRetrieval):
     def explicit_embeddings(self, batch, conditions: torch.Tensor) -> torch.Tensor:
         """``[B, C, D]`` user embeddings for topic conditions ``[B, C]`` (the condition fills the interest field)."""
         b, c = conditions.shape
-        users = batch["user"]
-        user_id = self.embeddings({"user": (users, torch.ones_like(users))}, batch_size=b)["user"]
-        cond = self.conditions(conditions.reshape(-1)).view(b, c, -1)
-        fields = [user_id[:, None].expand(b, c, -1), cond]
-        if self.user_dense is not None:
-            fields.append(self.user_dense(batch["user_dense"])[:, None].expand(b, c, -1))
-        stacked = torch.stack(fields, dim=2).reshape(b * c, len(fields), -1)
-        return self.user_tower(stacked).view(b, c, -1)
+        return self.conditioned_users(batch, self.conditions(conditions.reshape(-1)).view(b, c, -1))
 
     def compute_loss(self, batch) -> torch.Tensor:
         implicit = super().compute_loss(batch)

@@ -45,16 +45,7 @@ class IdPretraining(RetrievalModel):
         return F.normalize(self.embeddings({prefix: (items, torch.ones_like(items))}, items.shape[0])[prefix], dim=-1)
 
     def compute_loss(self, batch):
-        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
-        return self.loss(
-            self.embed_users(batch),
-            self.embed_items(batch),
-            batch["item"],
-            batch["item_log_q"],
-            neg,
-            batch.get("neg_item"),
-            batch.get("neg_log_q"),
-        )
+        return self.in_batch_loss(self.embed_users(batch), batch)
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)

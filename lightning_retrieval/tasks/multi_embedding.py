@@ -101,14 +101,19 @@ class MultiEmbeddingRetrieval(TwoTowerRetrieval):
             valid = valid.clone()
             valid[none, 0] = True
             interests = interests.masked_fill(none[:, None, None], 0.0)
-        b, k, d = interests.shape
+        return self.conditioned_users(batch, interests), valid
+
+    def conditioned_users(self, batch, conditions: torch.Tensor) -> torch.Tensor:
+        """User embeddings ``[B, K, D_out]`` for K condition vectors ``[B, K, D]`` per user: each fills the user
+        tower's condition field next to the user-id (and dense) fields; K is folded into the batch."""
+        b, k, d = conditions.shape
         users = batch["user"]
         user_id = self.embeddings({"user": (users, torch.ones_like(users))}, batch_size=b)["user"]
-        fields = [user_id[:, None].expand(b, k, d), interests]
+        fields = [user_id[:, None].expand(b, k, d), conditions]
         if self.user_dense is not None:
             fields.append(self.user_dense(batch["user_dense"])[:, None].expand(b, k, d))
-        stacked = torch.stack(fields, dim=2).reshape(b * k, len(fields), d)  # fold K into the batch
-        return self.user_tower(stacked).view(b, k, -1), valid
+        stacked = torch.stack(fields, dim=2).reshape(b * k, len(fields), d)
+        return self.user_tower(stacked).view(b, k, -1)
 
     def select(self, users: torch.Tensor, valid: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Label-aware selection of the interest embedding for each target: ``[B, K, D], [B, D] -> [B, D]``."""
@@ -128,11 +133,7 @@ class MultiEmbeddingRetrieval(TwoTowerRetrieval):
     def compute_loss(self, batch) -> torch.Tensor:
         users, valid = self.user_interest_embeddings(batch)
         items = self.embed_items(batch)
-        selected = self.select(users, valid, items)
-        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
-        return self.loss(
-            selected, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
-        )
+        return self.in_batch_loss(self.select(users, valid, items), batch, items)
 
     @staticmethod
     def interest_collapse(users: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

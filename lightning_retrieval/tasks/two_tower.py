@@ -115,12 +115,7 @@ class TwoTowerRetrieval(RetrievalModel):
 
     # ---- training ----
     def compute_loss(self, batch) -> torch.Tensor:
-        users = self.embed_users(batch)
-        items = self.embed_items(batch)
-        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
-        return self.loss(
-            users, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
-        )
+        return self.in_batch_loss(self.embed_users(batch), batch)
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
