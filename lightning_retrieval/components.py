@@ -16,6 +16,7 @@ import lightning_retrieval.retrieval.corpus  # noqa: F401
 import lightning_retrieval.retrieval.filtering  # noqa: F401
 import lightning_retrieval.retrieval.index  # noqa: F401
 import lightning_retrieval.retrieval.merging  # noqa: F401
+import lightning_retrieval.strategies  # noqa: F401
 import lightning_retrieval.tasks.conditional  # noqa: F401
 import lightning_retrieval.tasks.id_pretrain  # noqa: F401
 import lightning_retrieval.tasks.multi_embedding  # noqa: F401

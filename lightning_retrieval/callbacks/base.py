@@ -67,6 +67,7 @@ class RetrievalCallback(pl.Callback):
 
     @staticmethod
     def run_dir(trainer: pl.Trainer) -> Path:
+        """The run's log folder. Call it on every process: ``trainer.log_dir`` broadcasts under DDP."""
         path = Path(trainer.log_dir or trainer.default_root_dir)
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -135,6 +135,7 @@ class ConditionalEvaluation(RetrievalCallback):
         self.last_metrics = metrics
         for name, value in metrics.items():
             pl_module.log(f"{stage}/{name}", value, rank_zero_only=True)
+        run_dir = self.run_dir(trainer)  # every process: trainer.log_dir is a collective under DDP
         if self.result_card and trainer.is_global_zero:
             protocol = {
                 "stage": stage,
@@ -153,4 +154,4 @@ class ConditionalEvaluation(RetrievalCallback):
                 "protocol": protocol,
                 "data": dm.describe(),
             }
-            write_result_card(self.run_dir(trainer), f"{stage}_conditional", card)
+            write_result_card(run_dir, f"{stage}_conditional", card)

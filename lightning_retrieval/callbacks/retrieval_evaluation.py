@@ -167,6 +167,7 @@ class RetrievalEvaluation(RetrievalCallback):
                 f"index over {p['corpus_size']:,} items, {p['evaluated_users']:,} users, {p['seconds']:.1f} s"
             )
             log_evaluation_tables(trainer, stage, result, eval_set, datamodule, rows)
+        run_dir = self.run_dir(trainer)  # every process: trainer.log_dir is a collective under DDP
         if self.result_card and trainer.is_global_zero:
             card = {
                 "model": type(pl_module).__name__,
@@ -177,5 +178,5 @@ class RetrievalEvaluation(RetrievalCallback):
                 "data": datamodule.describe(),
                 "eval_report": eval_set.report,
             }
-            write_result_card(self.run_dir(trainer), stage, card)
+            write_result_card(run_dir, stage, card)
         self._reset()

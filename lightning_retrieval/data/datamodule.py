@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from jsonargparse import lazy_instance
+from lightning.pytorch.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_retrieval.data.batches import BatchBuilder, EvaluationUsers, TrainingExamples, collate_batch
@@ -170,11 +171,11 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = TrainingExamples(self._train_builder, self.training_indices(), self.negative_sampler, self.seed)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if world > 1:  # our own sampler (Lightning keeps it): shards in our order, so N ranks x B = 1 rank x N*B
+        distributed = self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy)
+        if distributed:  # our own sampler (Lightning keeps it): shards in our order, so N ranks x B = 1 rank x N*B
             sampler = DistributedSampler(
                 ds,
-                num_replicas=world,
+                num_replicas=self.trainer.world_size,
                 rank=self.trainer.global_rank,
                 shuffle=self.shuffle,
                 seed=self.seed,

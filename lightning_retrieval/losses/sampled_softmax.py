@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn as dist_nn
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -106,7 +106,8 @@ class SampledSoftmaxLoss(RetrievalLoss):
         offset = 0
         if self.gather_negatives and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             offset = dist.get_rank() * user.shape[0]  # every rank has the same batch size (drop_last)
-            item = torch.cat(dist_nn.all_gather(item))  # gradients flow back to the owning rank
+            # [W*B, D] in rank order; the backward reduce-scatters, so gradients flow back to the owning rank
+            item = funcol.all_gather_tensor_autograd(item.contiguous(), gather_dim=0, group=dist.group.WORLD)
             item_ids, item_log_q = _gather(item_ids), _gather(item_log_q)
         labels = torch.arange(user.shape[0], device=user.device) + offset
         logits = self.logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q, positives=labels)

@@ -1,4 +1,4 @@
-"""ID embedding tables held in a torchrec ``EmbeddingBagCollection`` (shardable later, CPU-friendly now)."""
+"""ID embedding tables held in a torchrec ``EmbeddingBagCollection`` (sharded by ``strategy: torchrec``)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ class IdEmbeddings(nn.Module):
 
         Features not given are passed as empty bags; ids outside a table raise an error naming the feature.
         """
-        device = self.collection.embedding_bags["user_id"].weight.device
+        if not bags:
+            raise ValueError(f"no features given; known features: {self.feature_names}")
+        device = next(iter(bags.values()))[0].device  # the tables may be sharded: no weight to ask
         values, lengths = [], []
         for name in self.feature_names:
             if name in bags:
@@ -110,4 +112,13 @@ class IdEmbeddings(nn.Module):
         return {name: self.dropout(pooled[name]) for name in bags}
 
     def table(self, name: str) -> torch.Tensor:
-        return self.collection.embedding_bags[name].weight
+        """The weight ``[rows, D]`` of an unsharded table (sharded ones: ``strategy.lightning_module_state_dict``)."""
+        bags = getattr(self.collection, "embedding_bags", None)
+        if not isinstance(bags, nn.ModuleDict):
+            raise RuntimeError(f"table {name!r} is sharded; read it from the strategy's gathered state dict")
+        return bags[name].weight
+
+    @staticmethod
+    def state_key(name: str) -> str:
+        """Key of table ``name`` in the state dict of this module."""
+        return f"collection.embedding_bags.{name}.weight"

@@ -42,6 +42,11 @@ class RetrievalModel(pl.LightningModule):
         """Item vectors ``[N, D]`` for an item-feature batch (``item``, topics, dense, ``item_count``)."""
         raise NotImplementedError
 
+    def dense_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters for the LightningModule's optimizer: those not frozen and not updated by
+        torchrec's fused optimizer in the backward pass (sharded ID tables under ``strategy: torchrec``)."""
+        return [p for p in self.parameters() if p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
+
     def in_batch_loss(self, users: torch.Tensor, batch: dict[str, torch.Tensor], items: torch.Tensor | None = None):
         """``self.loss`` of user vectors ``[B, D]`` against the batch's targets (embedded unless given) and its
         corpus negatives, if the datamodule sampled any."""

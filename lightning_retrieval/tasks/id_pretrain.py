@@ -56,7 +56,7 @@ class IdPretraining(RetrievalModel):
         return self.compute_loss(batch)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
+        return self.optimizer_factory(self.dense_parameters())
 
 
 @register("pretrained_id_export")
@@ -72,13 +72,18 @@ class PretrainedIdExport(RetrievalCallback):
         self.path = path
 
     def on_train_end(self, trainer, pl_module):
+        state = trainer.strategy.lightning_module_state_dict()  # every process: sharded tables are gathered
         if trainer.is_global_zero:
             dm = trainer.datamodule
+
+            def key(table: str) -> str:
+                return "embeddings." + IdEmbeddings.state_key(table)
+
             save_pretrained_ids(
                 self.path,
                 dm.data.user_ids,
-                pl_module.embeddings.table("user_id"),
+                state[key("user_id")],
                 dm.data.item_ids,
-                pl_module.embeddings.table("item_id"),
+                state[key("item_id")],
                 dm.training_window,
             )

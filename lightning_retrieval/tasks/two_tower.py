@@ -129,4 +129,4 @@ class TwoTowerRetrieval(RetrievalModel):
         return self.compute_loss(batch)
 
     def configure_optimizers(self):
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        return self.optimizer_factory(self.dense_parameters())
