@@ -34,8 +34,18 @@ test: install
 demo: install
 	$(VENV)/bin/python -m lightning_retrieval.demo
 
-bench: install
-	$(VENV)/bin/python benchmarks/eval_throughput.py
+PEERS_VENV ?= .venv-peers
+
+$(PEERS_VENV)/.installed: requirements/peers.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -r requirements/peers.txt
+	touch $@
+
+# the peer benchmarks (about 30 min on 2 CPU cores); results land in benchmarks/results/
+bench: install $(PEERS_VENV)/.installed
+	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python peer_comparison.py
+	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
+	$(VENV)/bin/python benchmarks/eval_throughput.py --users 20000
 	$(VENV)/bin/python benchmarks/prepare_throughput.py
 
 clean:
