@@ -84,3 +84,23 @@ def test_popularity_scores_are_monotone_in_counts():
     users = model.embed_users({"user": torch.tensor([3, 4])})
     scores = users @ items.T
     assert scores.argsort(dim=1, descending=True)[0].tolist() == [1, 2, 0]
+
+
+def test_sequence_lookup_equals_one_item_bags_and_checks_ids():
+    """The direct per-position lookup gives what pooling one-item bags through torchrec gives."""
+    from lightning_retrieval.models.embeddings import IdEmbeddings
+
+    torch.manual_seed(0)
+    emb = IdEmbeddings(4, 9, 2, 8)
+    ids = torch.tensor([[3, 0, 8], [5, 5, 1]])
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    direct = emb.sequence("history", ids, mask)
+    bags = emb({"history": (ids[mask], mask.flatten().long())}, batch_size=6)["history"].view(2, 3, -1)
+    torch.testing.assert_close(direct, bags)
+    assert direct.shape == (2, 3, 8) and not direct[~mask].any()
+    direct.sum().backward()
+    grad = emb.table("item_id").grad
+    assert (grad[[3, 8, 5]].abs().sum(1) > 0).all()
+    assert not grad[[0, 1, 2, 4, 6, 7]].any()  # masked positions (ids 0 and 1) send no gradient
+    with pytest.raises(IndexError, match=r"feature 'history': ids must be in \[0, 9\), got range \[1, 9\]"):
+        emb.sequence("history", torch.tensor([[9, 1]]), torch.ones(1, 2, dtype=torch.bool))

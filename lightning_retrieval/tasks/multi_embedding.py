@@ -87,10 +87,7 @@ class MultiEmbeddingRetrieval(TwoTowerRetrieval):
 
     def history_embeddings(self, batch) -> torch.Tensor:
         """``[B, L, D]`` item-table embeddings of the history positions (zeros at padding)."""
-        history, mask = batch["history"], batch["history_mask"]
-        b, length = history.shape
-        pooled = self.embeddings({"history": (history[mask], mask.flatten().long())}, batch_size=b * length)
-        return pooled["history"].view(b, length, -1)
+        return self.embeddings.sequence("history", batch["history"], batch["history_mask"])
 
     def user_interest_embeddings(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(users [B, K, D_out], valid [B, K])``; users with no valid interest keep slot 0 (from their other
