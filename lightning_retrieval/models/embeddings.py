@@ -117,14 +117,19 @@ class IdEmbeddings(nn.Module):
         ``B * L`` one-item bags and emit ``[B * L, D]`` for every other feature too: 16x slower at B=512, L=50.
         A sharded table is looked up that way, as torchrec's sharded lookup needs every feature.
         """
-        bags = getattr(self.collection, "embedding_bags", None)
-        if not isinstance(bags, nn.ModuleDict):
+        bags = self._plain_tables()
+        if bags is None:
             b, length = ids.shape
             pooled = self({feature: (ids[mask], mask.flatten().long())}, batch_size=b * length)[feature]
             return pooled.view(b, length, -1)
         self._check_ids(feature, ids[mask])
         weight = bags[self.table_of[feature]].weight
         return self.dropout(F.embedding(ids.masked_fill(~mask, 0), weight) * mask[..., None])
+
+    def _plain_tables(self) -> nn.ModuleDict | None:
+        """The tables by name while the collection is a plain ``EmbeddingBagCollection``; None once sharded."""
+        bags = getattr(self.collection, "embedding_bags", None)
+        return bags if isinstance(bags, nn.ModuleDict) else None
 
     def _check_ids(self, name: str, ids: torch.Tensor) -> None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.bounds[name]):
@@ -135,8 +140,8 @@ class IdEmbeddings(nn.Module):
 
     def table(self, name: str) -> torch.Tensor:
         """The weight ``[rows, D]`` of an unsharded table (sharded ones: ``strategy.lightning_module_state_dict``)."""
-        bags = getattr(self.collection, "embedding_bags", None)
-        if not isinstance(bags, nn.ModuleDict):
+        bags = self._plain_tables()
+        if bags is None:
             raise RuntimeError(f"table {name!r} is sharded; read it from the strategy's gathered state dict")
         return bags[name].weight
 
