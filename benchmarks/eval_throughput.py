@@ -1,11 +1,20 @@
-"""Evaluation throughput: our evaluator (exact FAISS and exact torch backends) vs a bare torch matmul + top-k.
+"""Evaluation throughput at several scales: our full evaluation protocol vs a bare torch matmul + top-k.
 
-    python benchmarks/eval_throughput.py [--items 1000000] [--users 100000] [--dim 64] [--k 100]
+    python benchmarks/eval_throughput.py [--scales movielens,5000x20000,2000x1000000] [--repeats 7,5,3]
 
-Both sides get the same random item and user vectors. "bare" = ``torch.topk(users @ items.T, k)`` in user
-batches (no seen-item exclusion, no metrics). "ours, search" = the exact FAISS inner-product index plus the
-vectorised seen-item exclusion; "ours, full" = search + all accuracy metrics (recall/NDCG/hit rate/MRR at
-10/20/50/100) + coverage. Each user has ``--seen`` excluded items and ``--targets`` targets.
+Per scale, every contender runs on the same user and item vectors, interleaved (one round = each contender
+once), best of ``repeats`` rounds; the headline is the ratio to the bare matmul measured in the same rounds.
+
+- bare: ``torch.topk(users @ items.T, 100)`` in user blocks (no seen-item exclusion, no metrics): the floor.
+- ours, full protocol: index build + ``RetrievalEvaluator.evaluate`` with the default metrics (recall, NDCG,
+  hit rate, MRR, coverage, topic diversity, distinct topics, embedding diversity) at 10/20/50/100, each user's
+  seen items excluded; for ``exact_torch`` (seen items masked in the score matrix before the top-k) and ``exact``
+  (FAISS ``IndexFlatIP``, which over-fetches ``100 + max(seen)`` and drops the seen items).
+- ``exact_torch``, over-fetch: the same index forced onto the over-fetch path (the previous evaluation path).
+
+Scales: ``movielens`` = the embedded MovieLens test users x items (610 x 9,742) with their real seen items
+(up to 2,697 per user) and genres, random 64-d vectors; ``UxN`` = random data, 20 seen items and 5 targets per
+user, 200 topics (1-3 per item).
 """
 
 from __future__ import annotations
@@ -17,102 +26,153 @@ import numpy as np
 import torch
 
 from lightning_retrieval.data.preparation import CSR
-from lightning_retrieval.registry import resolve
-from lightning_retrieval.retrieval import RetrievalEvaluator
+from lightning_retrieval.retrieval import ExactIndex, RetrievalEvaluator, TorchExactIndex
 
 from _common import write_result
 
+DEPTH = 100
+KS = [10, 20, 50, 100]
+# RecBole's full-sort evaluation on the same shapes, from benchmarks/results/peer_comparison.md (another run)
+RECBOLE_SECONDS = {"movielens": 0.08, "2000x1000000": 16.85}
 
-def random_csr(rng, rows: int, per_row: int, num_values: int) -> CSR:
-    values = rng.integers(0, num_values, size=(rows, per_row))
-    return CSR.from_pairs_unique(np.repeat(np.arange(rows), per_row), values.reshape(-1), rows, num_values)
+
+def random_csr(rng, rows: int, per_row: int, num_values: int, low: int | None = None) -> CSR:
+    """Rows of ``per_row`` distinct-ish random values (``low``..``per_row`` of them when ``low`` is set)."""
+    counts = np.full(rows, per_row) if low is None else rng.integers(low, per_row + 1, size=rows)
+    row_ids = np.repeat(np.arange(rows), counts)
+    return CSR.from_pairs_unique(row_ids, rng.integers(0, num_values, size=row_ids.size), rows, num_values)
 
 
-def bare_topk(users: torch.Tensor, items: torch.Tensor, k: int, batch: int) -> torch.Tensor:
+def make_scale(name: str, rng, dim: int) -> dict:
+    if name == "movielens":
+        from lightning_retrieval.data import RetrievalDataModule
+
+        dm = RetrievalDataModule(split="leave_last_out", val_items=1, test_items=1, max_history=50)
+        ev = dm.evaluation_set("test")
+        topics = dm.item_topics()
+        n_users, n_items = len(ev.users), topics.num_rows
+        exclude, targets = ev.exclude, ev.targets
+    else:
+        n_users, n_items = (int(x) for x in name.split("x"))
+        exclude = random_csr(rng, n_users, 20, n_items)
+        targets = random_csr(rng, n_users, 5, n_items)
+        topics = random_csr(rng, n_items, 3, 200, low=1)
+    return {
+        "users": rng.normal(size=(n_users, dim)).astype(np.float32),
+        "items": rng.normal(size=(n_items, dim)).astype(np.float32),
+        "exclude": exclude,
+        "targets": targets,
+        "topics": topics,
+    }
+
+
+def bare_topk(users: np.ndarray, items: np.ndarray, k: int, block: int) -> np.ndarray:
+    u, v = torch.from_numpy(users), torch.from_numpy(items)
     out = torch.empty(len(users), k, dtype=torch.long)
-    for s in range(0, len(users), batch):
-        out[s : s + batch] = torch.topk(users[s : s + batch] @ items.T, k, dim=1).indices
-    return out
+    with torch.no_grad():
+        for s in range(0, len(u), block):
+            out[s : s + block] = torch.topk(u[s : s + block] @ v.T, k, dim=1).indices
+    return out.numpy()
+
+
+def contenders(data: dict, evaluator: RetrievalEvaluator) -> dict:
+    users, items = data["users"], data["items"]
+    block = max(1, TorchExactIndex().block_scores // len(items))  # the same score-block size as exact_torch
+
+    def full(make_index, overfetch: bool = False):
+        def run():
+            index = make_index()
+            if overfetch:
+                index.supports_exclusion = False  # the previous path: fetch 100 + max(seen), drop the seen
+            index.build(items)
+            return evaluator.evaluate(index, users, data["targets"], data["exclude"], data["topics"], items)
+
+        return run
+
+    return {
+        "bare matmul + top-100": lambda: bare_topk(users, items, DEPTH, block),
+        "ours, exact_torch, full protocol": full(TorchExactIndex),
+        "ours, exact (FAISS), full protocol": full(ExactIndex),
+        "ours, exact_torch over-fetch (previous path), full protocol": full(TorchExactIndex, overfetch=True),
+    }
+
+
+def measure(runs: dict, repeats: int) -> dict[str, float]:
+    best = {name: float("inf") for name in runs}
+    for run in runs.values():  # warm-up round (allocator, thread pools, lazy imports)
+        run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--scales", default="movielens,5000x20000,2000x1000000")
+    ap.add_argument("--repeats", default="7,5,3", help="rounds per scale (best of), comma-separated")
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--seen", type=int, default=20)
-    ap.add_argument("--targets", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--indexes", default="exact,exact_torch", help="registry names of exact index backends to time")
+    ap.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    items = rng.normal(size=(args.items, args.dim)).astype(np.float32)
-    users = rng.normal(size=(args.users, args.dim)).astype(np.float32)
-    exclude = random_csr(rng, args.users, args.seen, args.items)
-    targets = random_csr(rng, args.users, args.targets, args.items)
-
-    t0 = time.perf_counter()
-    bare = bare_topk(torch.from_numpy(users), torch.from_numpy(items), args.k, args.batch)
-    t_bare = time.perf_counter() - t0
-
-    evaluator = RetrievalEvaluator(
-        ks=sorted({10, 20, 50, args.k}),
-        metrics=["recall", "ndcg", "hit_rate", "mrr", "coverage"],
-        batch_size=args.batch,
-    )
-    no_exclusion = CSR(np.zeros(201, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    rows = [("bare torch matmul + topk", t_bare)]
-    ratios, agreement = {}, {}
-    for name in args.indexes.split(","):
-        index = resolve("index", name)()
-        t0 = time.perf_counter()
-        index.build(items)
-        t_build = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        evaluator.retrieve(index, users, exclude, args.k)
-        t_search = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        evaluator.evaluate(index, users, targets, exclude)
-        t_full = time.perf_counter() - t0
-        rows += [
-            (f"ours `{name}`: index build", t_build),
-            (f"ours `{name}`: search + seen-item exclusion", t_search),
-            (f"ours `{name}`: search + exclusion + metrics", t_full),
-        ]
-        ratios[name] = {"search_vs_bare": t_search / t_bare, "full_vs_bare": (t_build + t_full) / t_bare}
-        # without exclusions both sides must return the same lists (up to float ties)
-        found = evaluator.retrieve(index, users[:200], no_exclusion, args.k)[0]
-        agreement[name] = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found, bare[:200].numpy())]))
+    scales, repeats = args.scales.split(","), [int(r) for r in args.repeats.split(",")]
+    repeats += [repeats[-1]] * (len(scales) - len(repeats))
+    evaluator = RetrievalEvaluator(ks=KS)
+    results, md_rows = {}, []
+    for scale, reps in zip(scales, repeats):
+        rng = np.random.default_rng(0)
+        data = make_scale(scale, rng, args.dim)
+        n_users, n_items = len(data["users"]), len(data["items"])
+        runs = contenders(data, evaluator)
+        seconds = measure(runs, reps)
+        bare = seconds["bare matmul + top-100"]
+        # without exclusion the torch index returns the bare top-100 (up to float ties)
+        no_seen = CSR(np.zeros(min(n_users, 200) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        ours = RetrievalEvaluator(ks=[DEPTH], metrics=[]).retrieve(
+            TorchExactIndex().build(data["items"]), data["users"][:200], no_seen, DEPTH
+        )[0]
+        ref = bare_topk(data["users"][:200], data["items"], DEPTH, 256)
+        agreement = float(np.mean([len(set(a) & set(b)) / DEPTH for a, b in zip(ours, ref)]))
+        results[scale] = {
+            "users": n_users,
+            "items": n_items,
+            "max_seen": int(data["exclude"].lengths.max()),
+            "repeats": reps,
+            "seconds": seconds,
+            "ratio_to_bare": {k: v / bare for k, v in seconds.items()},
+            "recbole_full_sort_s": RECBOLE_SECONDS.get(scale),
+            "top100_agreement_with_bare": agreement,
+        }
+        for name, s in seconds.items():
+            md_rows.append(
+                f"| {n_users:,} x {n_items:,} | {name} | {s:.3f} | **{s / bare:.2f}x** | "
+                + (f"{RECBOLE_SECONDS[scale]:.2f}" if scale in RECBOLE_SECONDS and "torch, full" in name else "")
+                + " |"
+            )
+        print("\n".join(md_rows[-len(seconds) :]), flush=True)
     md = [
-        f"# Evaluation throughput: {args.users:,} users x {args.items:,} items x {args.dim}-d, k={args.k}",
+        "# Evaluation throughput: full protocol vs bare matmul + top-k",
         "",
-        "Command: `python benchmarks/eval_throughput.py "
-        f"--items {args.items} --users {args.users} --dim {args.dim} --k {args.k}`",
+        f"Command: `python benchmarks/eval_throughput.py --scales {args.scales} --repeats {args.repeats}`. "
+        "Every contender on the same vectors, interleaved rounds, best of the rounds; 64-d, top-100.",
         "",
-        "| step | seconds | users/s |",
-        "|---|---|---|",
+        "| users x items | contender | seconds | / bare | RecBole full sort (s) |",
+        "|---|---|---|---|---|",
+        *md_rows,
+        "",
+        "Full protocol = index build + seen-item exclusion + recall/NDCG/hit rate/MRR/coverage/topic diversity/"
+        "distinct topics/embedding diversity at 10/20/50/100. RecBole's seconds come from the peer comparison "
+        "(`peer_comparison.md`, another run on the same kind of machine): recall/NDCG/hit at 20 and 50 only.",
     ]
     md += [
-        f"| {n} | {s:.2f} | {args.users / s:,.0f} |" if "build" not in n else f"| {n} | {s:.2f} | - |" for n, s in rows
+        f"\n{scale}: top-100 agreement of `exact_torch` with the bare top-k (200 users, no exclusion) = "
+        f"{r['top100_agreement_with_bare']:.4f}; most seen items of one user = {r['max_seen']:,}."
+        for scale, r in results.items()
     ]
-    for name, r in ratios.items():
-        md.append(
-            f"\n**`{name}`: search + exclusion / bare = {r['search_vs_bare']:.2f}x; full evaluation incl. build and "
-            f"metrics / bare = {r['full_vs_bare']:.2f}x; top-{args.k} agreement with bare torch (200 users, no "
-            f"exclusion) = {agreement[name]:.4f}.**"
-        )
-    out = write_result(
-        "eval_throughput",
-        {
-            "args": vars(args),
-            "seconds": dict(rows),
-            "ratios": ratios,
-            "agreement": agreement,
-        },
-        "\n".join(md),
-    )
-    print("\n".join(md))
+    if args.note:
+        md += ["", f"Note: {args.note}"]
+    out = write_result("eval_throughput", {"args": vars(args), "scales": results}, "\n".join(md))
     print(f"\nwritten: {out}")
 
 

@@ -8,9 +8,10 @@ from lightning_retrieval.callbacks.conditional_evaluation import condition_queri
 from lightning_retrieval.data.preparation import CSR
 from lightning_retrieval.models.conditions import UniformTopicCondition
 from lightning_retrieval.models.interests import DifferentiableClusteringModule
+from lightning_retrieval.queries import CombinedQueries, ConditionTable, TopicConditionQueries
 from lightning_retrieval.retrieval import ExactIndex, TorchExactIndex
 from lightning_retrieval.retrieval.filtering import FILTER_MODES, TopicFilter, filtered_retrieve
-from lightning_retrieval.tasks.conditional import ConditionalRetrieval, ConditionTable, SynergisedRetrieval
+from lightning_retrieval.tasks import RetrievalTask
 
 
 def test_uniform_topic_extraction_is_uniform_and_deterministic():
@@ -40,18 +41,18 @@ def test_serving_conditions_are_the_top_history_topics():
 @pytest.fixture(scope="module")
 def cr(movielens_dm):
     torch.manual_seed(0)
-    return ConditionalRetrieval(feature_spec=movielens_dm.feature_spec, embedding_dim=16).eval()
+    return RetrievalTask(feature_spec=movielens_dm.feature_spec, embedding_dim=16, queries=TopicConditionQueries).eval()
 
 
 def test_early_fusion_changes_the_user_embedding_with_the_condition(movielens_dm, cr):
     batch = next(iter(movielens_dm.val_dataloader()))
     with torch.no_grad():
-        a = cr.embed_conditioned(batch, torch.zeros_like(batch["user"]))
-        b = cr.embed_conditioned(batch, torch.full_like(batch["user"], 7))
-        none = cr.embed_conditioned(batch, torch.full_like(batch["user"], -1))
+        a = cr.topic_queries(batch, torch.zeros_like(batch["user"])).as_single()
+        b = cr.topic_queries(batch, torch.full_like(batch["user"], 7)).as_single()
+        none = cr.topic_queries(batch, torch.full_like(batch["user"], -1)).as_single()
+        served = cr.embed_users(batch)
     assert (a - b).norm(dim=1).min() > 1e-4 and (a - none).norm(dim=1).min() > 1e-4
-    users, valid = cr.embed_users(batch)
-    assert users.shape[1] == 5 and valid.any(1).all()
+    assert served.vectors.shape[1] == 5 and served.valid.any(1).all()
 
 
 def test_condition_table_rejects_out_of_range_topics():
@@ -59,7 +60,7 @@ def test_condition_table_rejects_out_of_range_topics():
     assert torch.equal(table(torch.tensor([-1]))[0], torch.zeros(8))
     with pytest.raises(IndexError, match=r"topic ids in \[0, 4\) or -1"):
         table(torch.tensor([4]))
-    with pytest.raises(ValueError, match="needs item topics"):
+    with pytest.raises(ValueError, match="need item topics"):
         ConditionTable(0, 8)
 
 
@@ -67,16 +68,18 @@ def test_conditional_and_synergised_models_train(movielens_dm, cr):
     batch = next(iter(movielens_dm.train_dataloader()))
     cr.train()
     cr.compute_loss(batch).backward()
-    assert cr.conditions.table.weight.grad.abs().sum() > 0
-    syn = SynergisedRetrieval(
+    assert cr.queries.conditions.table.weight.grad.abs().sum() > 0
+    syn = RetrievalTask(
         feature_spec=movielens_dm.feature_spec,
         embedding_dim=16,
-        interests=lambda d: DifferentiableClusteringModule(d, num_interests=3),
+        queries=lambda d, spec: CombinedQueries(d, spec, lambda d: DifferentiableClusteringModule(d, num_interests=3)),
     )
     syn.compute_loss(batch).backward()
-    assert syn.conditions.table.weight.grad.abs().sum() > 0 and syn.interests.S.weight.grad is not None
-    users, valid = syn.embed_users(batch)
-    assert users.shape[1] == 3 + 5 and valid[:, :3].any(1).all()
+    queries = syn.queries
+    assert queries.explicit.conditions.table.weight.grad.abs().sum() > 0
+    assert queries.implicit.interests.S.weight.grad is not None
+    served = syn.embed_users(batch)
+    assert served.vectors.shape[1] == 3 + 5 and served.valid[:, :3].any(1).all()
 
 
 # ---------------------------------------------------------------- filtered ANN
@@ -216,3 +219,34 @@ def test_followed_topics_column_flows_from_the_users_file(tmp_path):
     pd.DataFrame({"user_id": [1, 2], "follows": ["zebra", ""]}).to_csv(tmp_path / "users.csv", index=False)
     with pytest.raises(DataValidationError, match=r"followed topics \['zebra'\] are not item topics"):
         RetrievalDataModule(source=src).data  # noqa: B018
+
+
+def test_conditional_evaluation_reads_topic_queries_and_refuses_several_per_topic(movielens_dm, tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_retrieval.callbacks.conditional_evaluation import ConditionalEvaluation
+    from lightning_retrieval.queries import InterestQueries
+
+    def validate(model, callback):
+        trainer = pl.Trainer(
+            logger=False,
+            callbacks=[callback],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.validate(model, datamodule=movielens_dm, verbose=False)
+        return callback.last_metrics
+
+    torch.manual_seed(0)
+    cr = RetrievalTask(feature_spec=movielens_dm.feature_spec, embedding_dim=16, queries=TopicConditionQueries)
+    metrics = validate(cr, ConditionalEvaluation(ks=[10], filter="prefilter", result_card=False))
+    assert {"cond_recall@10", "cond_ndcg@10", "match_rate@10"} <= set(metrics)
+    assert metrics["match_rate@10"] == pytest.approx(1.0) and 0 < metrics["cond_recall@10"] <= 1
+    multi = RetrievalTask(
+        feature_spec=movielens_dm.feature_spec,
+        embedding_dim=16,
+        queries=lambda d, spec: InterestQueries(d, spec, lambda d: DifferentiableClusteringModule(d, num_interests=3)),
+    )
+    with pytest.raises(ValueError, match=r"one query per \(user, topic\).*gives 3 \(interest\)"):
+        validate(multi, ConditionalEvaluation(ks=[10], result_card=False))

@@ -15,7 +15,7 @@ from lightning_retrieval.models.crossing import (
     TransformerCrossing,
 )
 from lightning_retrieval.models.crossing.dhen import DHENLayer
-from lightning_retrieval.tasks import TwoTowerRetrieval
+from lightning_retrieval.tasks import RetrievalTask
 
 prepare_registry()
 
@@ -77,7 +77,7 @@ def test_block_works_in_either_tower(movielens_dm, name, tower):
     from lightning_retrieval.models.towers import FeatureCrossingTower
 
     factory = BLOCKS[name]
-    model = TwoTowerRetrieval(
+    model = RetrievalTask(
         feature_spec=movielens_dm.feature_spec,
         embedding_dim=16,
         **{tower: lambda f, d: FeatureCrossingTower(f, d, crossing=factory, output_dim=64)},

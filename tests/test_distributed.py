@@ -54,7 +54,8 @@ def _fit_losses(tmp_path, name: str, batch_size: int, *extra: str) -> tuple[list
     """Six steps of the two-tower config (no dropout, no shuffling): the logged losses and the CLI output."""
     config = tmp_path / "no_dropout.yaml"
     if not config.exists():
-        config.write_text((REPO / "configs/two_tower.yaml").read_text().replace("dropout: 0.1", "dropout: 0.0"))
+        text = (REPO / "configs/two_tower.yaml").read_text().replace("dropout: 0.1", "dropout: 0.0")
+        config.write_text(text.replace(": base/", f": {REPO / 'configs/base'}/"))  # the shared fragments
     cwd = tmp_path / name
     cwd.mkdir()
     done = run_cli(

@@ -31,6 +31,44 @@ def csr(rows):
     return CSR(offsets.astype(np.int64), np.array([v for r in rows for v in sorted(r)], dtype=np.int64))
 
 
+# ---------------------------------------------------------------- torchmetrics as a reference
+TORCHMETRICS_SAME_DEFINITION = {  # ours -> torchmetrics.functional.retrieval (binary relevance, one query)
+    "recall": "retrieval_recall",
+    "precision": "retrieval_precision",
+    "hit_rate": "retrieval_hit_rate",
+    "ndcg": "retrieval_normalized_dcg",
+    "mrr": "retrieval_reciprocal_rank",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHMETRICS_SAME_DEFINITION))
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_accuracy_metrics_match_torchmetrics(name, k):
+    """Ranked lists over the whole catalogue (no seen-item exclusion): our per-user values equal torchmetrics'
+    per-query functions on the same scores and targets, users with 1 to 6 targets."""
+    import torch
+    import torchmetrics.functional.retrieval as reference
+
+    from lightning_retrieval.registry import resolve
+
+    rng = np.random.default_rng(k)
+    num_users, num_items = 40, 25
+    scores = rng.uniform(0.01, 1.0, size=(num_users, num_items))  # no ties; > 0 (torchmetrics drops scores <= 0)
+    relevant = np.zeros((num_users, num_items), dtype=bool)
+    for u in range(num_users):
+        relevant[u, rng.choice(num_items, size=rng.integers(1, 7), replace=False)] = True
+    items = np.argsort(-scores, axis=1)
+    lists = RankedLists(
+        items, np.take_along_axis(relevant, items, 1), relevant.sum(1), np.ones(num_users, bool), num_items
+    )
+    ours = resolve("metrics", name)().compute(lists, k)
+    function = getattr(reference, TORCHMETRICS_SAME_DEFINITION[name])
+    expected = [
+        function(torch.from_numpy(scores[u]), torch.from_numpy(relevant[u]), top_k=k).item() for u in range(num_users)
+    ]
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------- hand-computed
 @pytest.fixture
 def lists():

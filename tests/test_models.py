@@ -1,4 +1,4 @@
-"""Towers, crossing blocks, ID tables and the two-tower / popularity tasks."""
+"""Towers, crossing blocks, ID tables and the retrieval (single query) / popularity tasks."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from lightning_retrieval.models.crossing import MLPCrossing
 from lightning_retrieval.models.embeddings import IdEmbeddings
 from lightning_retrieval.models.towers import FeatureCrossingTower
-from lightning_retrieval.tasks import PopularityRetrieval, TwoTowerRetrieval
+from lightning_retrieval.tasks import PopularityRetrieval, RetrievalTask
 
 
 def test_mlp_crossing_shapes_and_dim_errors():
@@ -46,8 +46,8 @@ def batch(movielens_dm):
 
 
 def test_two_tower_embeds_and_trains_on_a_real_batch(movielens_dm, batch):
-    model = TwoTowerRetrieval(feature_spec=movielens_dm.feature_spec, embedding_dim=16)
-    users, items = model.embed_users(batch), model.embed_items(batch)
+    model = RetrievalTask(feature_spec=movielens_dm.feature_spec, embedding_dim=16)
+    users, items = model.embed_users(batch).as_single(), model.embed_items(batch)
     assert users.shape == items.shape == (batch["user"].shape[0], 64)
     loss = model.compute_loss(batch)
     loss.backward()
@@ -59,11 +59,11 @@ def test_two_tower_embeds_and_trains_on_a_real_batch(movielens_dm, batch):
 
 
 def test_two_tower_history_changes_the_user_embedding(movielens_dm, batch):
-    model = TwoTowerRetrieval(feature_spec=movielens_dm.feature_spec, embedding_dim=16).eval()
+    model = RetrievalTask(feature_spec=movielens_dm.feature_spec, embedding_dim=16).eval()
     altered = dict(batch)
     altered["history"] = (batch["history"] + 1) % movielens_dm.feature_spec["num_items"]
     with torch.no_grad():
-        a, b = model.embed_users(batch), model.embed_users(altered)
+        a, b = model.embed_users(batch).as_single(), model.embed_users(altered).as_single()
     changed = batch["history_mask"].any(1)
     assert (a[changed] - b[changed]).abs().sum(1).min() > 0
     torch.testing.assert_close(a[~changed], b[~changed])
@@ -71,9 +71,9 @@ def test_two_tower_history_changes_the_user_embedding(movielens_dm, batch):
 
 def test_two_tower_requires_feature_spec_and_matching_tower_widths(movielens_dm):
     with pytest.raises(ValueError, match="needs feature_spec"):
-        TwoTowerRetrieval()
+        RetrievalTask()
     with pytest.raises(ValueError, match="same width"):
-        TwoTowerRetrieval(
+        RetrievalTask(
             feature_spec=movielens_dm.feature_spec, item_tower=lambda f, d: FeatureCrossingTower(f, d, output_dim=32)
         )
 
@@ -81,7 +81,7 @@ def test_two_tower_requires_feature_spec_and_matching_tower_widths(movielens_dm)
 def test_popularity_scores_are_monotone_in_counts():
     model = PopularityRetrieval()
     items = model.embed_items({"item_count": torch.tensor([0.0, 5.0, 2.0])})
-    users = model.embed_users({"user": torch.tensor([3, 4])})
+    users = model.embed_users({"user": torch.tensor([3, 4])}).as_single()
     scores = users @ items.T
     assert scores.argsort(dim=1, descending=True)[0].tolist() == [1, 2, 0]
 

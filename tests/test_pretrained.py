@@ -98,12 +98,12 @@ def test_cli_pretrain_then_frozen_two_tower(tmp_path):
 def test_frozen_tables_do_not_change_during_training(tmp_path, movielens_dm):
     import lightning.pytorch as pl
 
-    from lightning_retrieval.tasks import TwoTowerRetrieval
+    from lightning_retrieval.tasks import RetrievalTask
 
-    data = movielens_dm.data
-    users, items = torch.randn(data.num_users, 16), torch.randn(data.num_items, 16)
-    path = save_pretrained_ids(tmp_path / "ids.pt", data.user_ids, users, data.item_ids, items, (0.0, 1.0))
-    model = TwoTowerRetrieval(
+    dm = movielens_dm
+    users, items = torch.randn(len(dm.user_ids), 16), torch.randn(dm.num_items, 16)
+    path = save_pretrained_ids(tmp_path / "ids.pt", dm.user_ids, users, dm.item_ids, items, (0.0, 1.0))
+    model = RetrievalTask(
         feature_spec=movielens_dm.feature_spec, embedding_dim=16, pretrained_ids=PretrainedIds(str(path))
     )
     pl.Trainer(
@@ -114,7 +114,7 @@ def test_frozen_tables_do_not_change_during_training(tmp_path, movielens_dm):
         limit_val_batches=0,
         enable_model_summary=False,
     ).fit(model, datamodule=movielens_dm)
-    assert model.pretrained_report["user_id_loaded"] == data.num_users
+    assert model.pretrained_report["user_id_loaded"] == len(dm.user_ids)
     torch.testing.assert_close(model.embeddings.table("user_id").detach(), users)
     torch.testing.assert_close(model.embeddings.table("item_id").detach(), items)
     assert model.user_tower.projection.weight.requires_grad  # the rest of the model still trains

@@ -30,6 +30,7 @@ def test_every_kind_is_declared():
         "mergers",
         "interests",
         "conditions",
+        "queries",
     } <= set(kinds())
 
 
@@ -152,9 +153,10 @@ def test_cli_registry_help_and_print_config():
 
     help_out = _cli("fit", "--help")
     assert help_out.returncode == 0, help_out.stderr
-    assert "two_tower (tasks)" in help_out.stdout and "movielens (datasets)" in help_out.stdout
-    model_help = " ".join(_cli("fit", "--model.help", "two_tower").stdout.split())
+    assert "retrieval (tasks)" in help_out.stdout and "movielens (datasets)" in help_out.stdout
+    model_help = " ".join(_cli("fit", "--model.help", "retrieval").stdout.split())
     assert "registry names: feature_crossing (towers)" in model_help
+    assert "interests (queries)" in model_help and "topic_conditions (queries)" in model_help
 
     printed = _cli("fit", "--config", "configs/plugin_example.yaml", "--print_config")
     assert printed.returncode == 0, printed.stderr
@@ -168,3 +170,123 @@ def test_cli_reports_type_errors_by_field():
     out = _cli("fit", "--config", "configs/two_tower.yaml", "--model.init_args.embedding_dim", "wide")
     assert out.returncode != 0
     assert "embedding_dim" in out.stderr
+
+
+# ---------------------------------------------------------------- package structure
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> package modules it imports (anywhere in the file, function-level imports included)."""
+    import ast
+
+    root = REPO / "lightning_retrieval"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def target(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {target(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+                edges |= {
+                    target(f"{base}.{a.name}") if f"{base}.{a.name}" in modules else target(base) for a in node.names
+                }
+        graph[module] = {e for e in edges if e and e != module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(root):
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return out
+
+
+def test_the_package_has_no_import_circles():
+    graph = _import_graph()
+    assert "lightning_retrieval.registry.core" in graph and graph["lightning_retrieval.tasks.retrieval"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+    assert _cycles(graph) == []
+
+
+def test_the_registry_imports_no_component_module_until_asked(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_retrieval.registry as r\n"
+        "components = ('lightning_retrieval.tasks', 'lightning_retrieval.queries')\n"
+        "loaded = [m for m in sys.modules if m.startswith(components)]\n"
+        "assert not loaded, loaded\n"
+        "assert 'retrieval' in [c.name for c in r.components('tasks')]\n"
+        "assert 'combined' in [c.name for c in r.components('queries')]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_jsonargparse_private_api_we_hook_is_still_there():
+    import jsonargparse._from_config as from_config
+    import jsonargparse._typehints as typehints
+
+    from lightning_retrieval.registry.jsonargparse_hooks import check_private_api
+
+    check_private_api(typehints, from_config)  # raises naming what changed when jsonargparse moves under us
+    assert typehints.resolve_class_path_by_name.__module__ == "lightning_retrieval.registry.jsonargparse_hooks"
+    assert from_config.resolve_class_path_by_name is typehints.resolve_class_path_by_name
+
+    class Moved:  # a jsonargparse without the function
+        __name__ = "jsonargparse._typehints"
+        ActionTypeHint = typehints.ActionTypeHint
+        get_subclass_types = typehints.get_subclass_types
+
+    with pytest.raises(RuntimeError, match=r"_typehints.resolve_class_path_by_name is gone.*jsonargparse_hooks.py"):
+        check_private_api(Moved(), from_config)

@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 def test_component_names_are_registry_names_in_order():
     cfg = {
         "model": {
-            "class_path": "lightning_retrieval.tasks.two_tower.TwoTowerRetrieval",
+            "class_path": "lightning_retrieval.tasks.retrieval.RetrievalTask",
             "init_args": {
                 "user_tower": {
                     "class_path": "lightning_retrieval.models.towers.FeatureCrossingTower",
@@ -23,7 +23,7 @@ def test_component_names_are_registry_names_in_order():
             },
         }
     }
-    assert component_names(cfg, registry_only=True) == ["two_tower", "feature_crossing", "masknet"]
+    assert component_names(cfg, registry_only=True) == ["retrieval", "feature_crossing", "masknet"]
     assert component_names(cfg)[-1] == "Adam"
 
 
@@ -43,8 +43,8 @@ def test_wandb_offline_run_records_config_metrics_and_tables(tmp_path):
     assert "[val epoch 0] recall@50=" in out.stderr + out.stdout  # readable console line per evaluation
     run_dir = next((tmp_path / "runs/wandb/wandb").glob("offline-run-*"))
     run = read_run(run_dir)
-    assert run["run"]["group"] == "masknet" and run["run"]["name"].startswith("masknet-two_tower")
-    assert {"two_tower", "feature_crossing", "masknet", "retrieval_evaluation", "movielens"} <= set(run["run"]["tags"])
+    assert run["run"]["group"] == "masknet" and run["run"]["name"].startswith("masknet-retrieval")
+    assert {"retrieval", "feature_crossing", "masknet", "retrieval_evaluation", "movielens"} <= set(run["run"]["tags"])
     resolved = run["config"]["lightning_retrieval"]
     crossing = resolved["model"]["init_args"]["user_tower"]["init_args"]["crossing"]
     assert crossing["class_path"].endswith("MaskNetCrossing") and crossing["init_args"]["num_blocks"] == 4

@@ -36,7 +36,10 @@ class RetrievalCallback(pl.Callback):
 
     def _collect(self, outputs) -> None:
         if not isinstance(outputs, dict) or "user_embeddings" not in outputs:
-            raise TypeError("evaluation steps must return {'user_embeddings': [B, D] or [B, K, D], 'eval_row': [B]}")
+            raise TypeError(
+                "evaluation steps must return {'user_embeddings': [B, K, D], 'user_valid': [B, K], 'eval_row': [B]} "
+                "(RetrievalModel._user_outputs of a UserQueries)"
+            )
         for key, value in outputs.items():
             value = value.detach()
             self._outputs.setdefault(key, []).append(value.float() if key == "user_embeddings" else value)
@@ -44,7 +47,8 @@ class RetrievalCallback(pl.Callback):
     def _gathered(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, np.ndarray]:
         """Collected outputs from all processes, ordered and de-duplicated by ``eval_row`` (samplers may pad).
 
-        Keys: ``eval_row [U]``, ``user_embeddings [U, D]`` or ``[U, K, D]``, optional ``user_valid [U, K]``.
+        Keys: ``eval_row [U]``, ``user_embeddings [U, K, D]``, ``user_valid [U, K]``, optional ``query_weights [U, K]``
+        and whatever else the step returned (``history_length [U]``).
         """
         if not self._outputs:
             raise RuntimeError("no user vectors were collected: did the evaluation dataloader yield batches?")

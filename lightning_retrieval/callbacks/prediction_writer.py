@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
@@ -27,15 +26,15 @@ class TopKPredictionWriter(RetrievalCallback):
         output_path: ``.parquet`` or ``.csv`` file.
         k: items per user.
         index: index backend.
-        merger: merges a multi-embedding model's per-embedding lists (``round_robin``, ``score``).
+        merger: merges the per-query lists of models with several queries per user (``round_robin``, ``score``).
     """
 
     def __init__(
         self,
         output_path: str = "predictions.parquet",
         k: int = 100,
-        index: IndexBackend = lazy_instance(ExactIndex),
-        merger: ResultMerger = lazy_instance(RoundRobinMerger),
+        index: IndexBackend | None = None,
+        merger: ResultMerger | None = None,
         batch_size: int = 1024,
     ):
         super().__init__()
@@ -44,8 +43,8 @@ class TopKPredictionWriter(RetrievalCallback):
             raise ValueError(f"output_path must end in .parquet or .csv, got {output_path!r}")
         self.output_path = Path(output_path)
         self.k = k
-        self.index = index
-        self.merger = merger
+        self.index = index if index is not None else ExactIndex()
+        self.merger = merger if merger is not None else RoundRobinMerger()
         self.evaluator = RetrievalEvaluator([k], metrics=[], batch_size=batch_size)
 
     def on_predict_epoch_start(self, trainer, pl_module):
@@ -61,19 +60,16 @@ class TopKPredictionWriter(RetrievalCallback):
         rows, user_vectors = out["eval_row"], out["user_embeddings"]
         exclude = serving.exclude if len(rows) == len(serving) else take_rows(serving.exclude, rows)
         self.index.build(self.corpus_vectors(trainer, pl_module, "predict"))
-        if user_vectors.ndim == 3:  # multi-embedding model: one search per kept embedding, then merge
-            items, scores, valid = self.evaluator.retrieve_multi(
-                self.index, user_vectors, out["user_valid"], exclude, self.k, self.merger
-            )
-        else:
-            items, scores, valid = self.evaluator.retrieve(self.index, user_vectors, exclude, self.k)
-        data = datamodule.data
+        # one search per valid query (K = 1: one per user), merged per user
+        items, scores, valid = self.evaluator.retrieve_queries(
+            self.index, user_vectors, out["user_valid"], exclude, self.k, self.merger
+        )
         users = np.repeat(serving.users[rows], self.k)
         frame = pd.DataFrame(
             {
-                "user_id": data.user_ids[users],
+                "user_id": datamodule.user_ids[users],
                 "rank": np.tile(np.arange(1, self.k + 1), len(rows)),
-                "item_id": data.item_ids[np.maximum(items.reshape(-1), 0)],
+                "item_id": datamodule.item_ids[np.maximum(items.reshape(-1), 0)],
                 "score": scores.reshape(-1),
             }
         )

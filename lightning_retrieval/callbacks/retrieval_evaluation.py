@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import numpy as np
-from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_retrieval.callbacks.base import RetrievalCallback
+from lightning_retrieval.callbacks.per_user import write_evaluation_per_user
 from lightning_retrieval.callbacks.result_card import write_result_card
-from lightning_retrieval.data.preparation import STAGE_CODES, sorted_member, take_rows
+from lightning_retrieval.data.preparation import sorted_member, take_rows
+from lightning_retrieval.errors import ConfigError
 from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.corpus import CorpusBuilder, SubsetIndex
 from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
 from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
 from lightning_retrieval.tracking.wandb_setup import log_evaluation_tables
+from lightning_retrieval.validation import positive_int, positive_ints
 
 
 def history_segments(history_length: np.ndarray, edges: list[int]) -> dict[str, np.ndarray]:
@@ -40,23 +42,24 @@ class RetrievalEvaluation(RetrievalCallback):
     Args:
         ks: cut-offs.
         metrics: metric registry names.
-        index: index backend (``exact`` default; ``exact_torch``, ``hnsw``, ``ivfpq``).
-        merger: how multi-embedding models' per-embedding lists become one list (``round_robin``, ``score``).
+        index: index backend (None: ``exact``; ``exact_torch``, ``hnsw``, ``ivfpq``, ``faiss_factory``).
+        merger: how multi-embedding models' per-embedding lists become one list (None: ``round_robin``;
+            ``score``).
         corpus: serving corpus builder (``time_decayed``): index only its items, built from the interactions
             visible before the evaluated period (default: every item).
         segment_edges: history-length bucket edges; metrics in ``segment_metrics`` are also reported per
             bucket as ``<stage>/<metric>@<k>/history_<lo>-<hi>`` (which users a model helps).
         batch_size: users per search batch (does not change results).
         corpus_batch_size: items per item-tower batch when embedding the corpus.
-        result_card: write the result card files.
+        result_card: write the result card files and the per-user metric file (``per_user_<stage>.parquet``).
     """
 
     def __init__(
         self,
         ks: list[int] = [10, 20, 50, 100],  # noqa: B006
         metrics: list[str] = list(DEFAULT_METRICS),  # noqa: B006
-        index: IndexBackend = lazy_instance(ExactIndex),
-        merger: ResultMerger = lazy_instance(RoundRobinMerger),
+        index: IndexBackend | None = None,
+        merger: ResultMerger | None = None,
         segment_edges: list[int] = [10, 50, 200],  # noqa: B006
         segment_metrics: list[str] = ["recall", "ndcg", "hit_rate"],  # noqa: B006
         corpus: CorpusBuilder | None = None,
@@ -65,15 +68,37 @@ class RetrievalEvaluation(RetrievalCallback):
         result_card: bool = True,
     ):
         super().__init__()
+        positive_ints("retrieval_evaluation.ks", ks)
+        positive_int("retrieval_evaluation.batch_size", batch_size)
+        positive_int("retrieval_evaluation.corpus_batch_size", corpus_batch_size)
         self.evaluator = RetrievalEvaluator(ks, metrics, batch_size)
-        self.index = index
-        self.merger = merger
+        self.index = index if index is not None else ExactIndex()
+        self.merger = merger if merger is not None else RoundRobinMerger()
         self.segment_edges = sorted(segment_edges)
         self.segment_metrics = tuple(segment_metrics)
         self.corpus = corpus
         self.corpus_batch_size = corpus_batch_size
         self.result_card = result_card
         self.last_result = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Fail before the first epoch if ``ks`` or the index cannot work on this corpus."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if stage not in ("fit", "validate", "test") or datamodule is None or not hasattr(datamodule, "num_items"):
+            return
+        num_items, depth = datamodule.num_items, max(self.evaluator.ks)
+        if depth > num_items:
+            raise ConfigError(f"retrieval_evaluation.ks: max(ks)={depth} is larger than the corpus ({num_items} items)")
+        if self.corpus is not None:  # the serving corpus is built per evaluation; only the full size is known
+            return
+        self.index.check_corpus(num_items)
+        eval_set = datamodule.evaluation_set("test" if stage == "test" else "val")
+        most_seen = int(eval_set.exclude.lengths.max(initial=0))
+        if num_items - most_seen < depth:
+            raise ConfigError(
+                f"retrieval_evaluation.ks: max(ks)={depth} is larger than the corpus left after excluding seen items "
+                f"for some user ({num_items} items, up to {most_seen} seen); lower ks or set data.exclude_seen: false"
+            )
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._reset()
@@ -99,12 +124,9 @@ class RetrievalEvaluation(RetrievalCallback):
         """The index over every item, or over the serving corpus when ``corpus`` is set."""
         if self.corpus is None:
             return self.index.build(item_vectors), {}
-        data = datamodule.data
-        visible = data.split < STAGE_CODES[stage]
-        corpus_ids, _ = self.corpus.build(
-            data.item[visible], data.timestamp[visible], data.num_items, data.item_signature
-        )
-        index = SubsetIndex(self.index, corpus_ids, data.num_items).build(item_vectors[corpus_ids])
+        items, timestamps = datamodule.interactions_before(stage)
+        corpus_ids, _ = self.corpus.build(items, timestamps, datamodule.num_items, datamodule.item_signature)
+        index = SubsetIndex(self.index, corpus_ids, datamodule.num_items).build(item_vectors[corpus_ids])
         outside = ~sorted_member(targets.values, np.sort(corpus_ids))
         return index, {
             "corpus": getattr(type(self.corpus), "registry_name", type(self.corpus).__name__),
@@ -170,7 +192,7 @@ class RetrievalEvaluation(RetrievalCallback):
         run_dir = self.run_dir(trainer)  # every process: trainer.log_dir is a collective under DDP
         if self.result_card and trainer.is_global_zero:
             card = {
-                "model": type(pl_module).__name__,
+                "model": getattr(pl_module, "display_name", type(pl_module).__name__),
                 "parameters": int(sum(p.numel() for p in pl_module.parameters())),
                 "stage": stage,
                 "metrics": result.metrics,
@@ -179,4 +201,7 @@ class RetrievalEvaluation(RetrievalCallback):
                 "eval_report": eval_set.report,
             }
             write_result_card(run_dir, stage, card)
+        if self.result_card and trainer.is_global_zero:  # per_user_<stage>.parquet beside the card
+            metrics = self.evaluator.metrics
+            write_evaluation_per_user(run_dir, stage, datamodule, rows, result, metrics, self.segment_edges)
         self._reset()

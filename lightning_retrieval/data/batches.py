@@ -3,7 +3,8 @@
 Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
     user [B], history [B, L], history_mask [B, L] (right-aligned: most recent last), history_length [B] (all
     earlier interactions, not only the last L), history_topic_counts [B, T], user_dense [B, Fu], optional
-    followed_topics [B, T] (multi-hot, when the users table has a followed-topics column),
+    followed_topics [B, T] (multi-hot, when the users table has a followed-topics column), side features
+    user_feature_<name> / user_feature_<name>_lengths (flattened bags; item_feature_<name>, neg_item_feature_<name>),
     item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
     optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
 """
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_retrieval.data.epoch_seeds import batch_generator
+from lightning_retrieval.data.features import SideFeatureBags, SideFeatures
 from lightning_retrieval.data.negatives import NegativeSampler
 from lightning_retrieval.data.preparation import EvaluationSet, PreparedData
 
@@ -21,7 +24,9 @@ from lightning_retrieval.data.preparation import EvaluationSet, PreparedData
 class BatchBuilder:
     """Turns interaction / user / item indices into model-ready tensors."""
 
-    def __init__(self, data: PreparedData, max_history: int, item_counts: np.ndarray):
+    def __init__(
+        self, data: PreparedData, max_history: int, item_counts: np.ndarray, side_features: SideFeatures | None = None
+    ):
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
         self.max_history = max_history
@@ -34,6 +39,8 @@ class BatchBuilder:
         self.user_dense = torch.from_numpy(data.user_dense)
         self.item_counts = item_counts
         self.num_topics = data.num_topics
+        side_features = side_features if side_features is not None else SideFeatures()
+        self.user_side, self.item_side = SideFeatureBags(side_features.users), SideFeatureBags(side_features.items)
         followed = np.zeros((data.num_users, data.num_topics), dtype=np.float32)
         followed[data.user_topics.row_ids(), data.user_topics.values] = 1.0
         self.followed = torch.from_numpy(followed) if data.user_topics.values.size else None
@@ -62,6 +69,7 @@ class BatchBuilder:
             f"{prefix}_topics": topics,
             f"{prefix}_topic_lengths": lengths,
             f"{prefix}_dense": self.item_dense[items],
+            **self.item_side(items, prefix),
         }
 
     def user_features(self, users: torch.Tensor, cutoff: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,6 +82,7 @@ class BatchBuilder:
             "history_topic_counts": self.topic_counts(history, mask),
             "user_dense": self.user_dense[users],
             **({"followed_topics": self.followed[users]} if self.followed is not None else {}),
+            **self.user_side(users, "user"),
         }
 
     def topic_counts(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,11 @@ class TrainingExamples(Dataset):
         self.builder = builder
         self.indices = torch.from_numpy(indices)
         self.sampler = sampler
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Negatives of epoch ``epoch``: each batch draws from ``batch_generator(seed, epoch, first position)``."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -105,7 +118,8 @@ class TrainingExamples(Dataset):
         batch.update(self.builder.item_features(targets))
         batch["item_log_q"] = self.builder.item_log_q[targets]
         if self.sampler is not None:
-            neg, neg_log_q = self.sampler.sample(self.builder.item_counts, self.generator)
+            generator = batch_generator(self.seed, self.epoch, positions[0])
+            neg, neg_log_q = self.sampler.sample(self.builder.item_counts, generator)
             batch.update(self.builder.item_features(neg, prefix="neg_item"))
             batch["neg_log_q"] = neg_log_q
         return batch

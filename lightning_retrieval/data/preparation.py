@@ -12,73 +12,30 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from lightning_retrieval.arrays import CSR, sorted_member, sorted_unique, take_rows
 from lightning_retrieval.data.schema import DataValidationError, RawInteractions, validate
+from lightning_retrieval.data.user_split import user_split_labels
+
+# CSR and the sorted-array helpers live in lightning_retrieval.arrays; re-exported here for existing imports
+__all__ = [
+    "CSR",
+    "STAGE_CODES",
+    "TEST",
+    "TRAIN",
+    "VAL",
+    "EvaluationSet",
+    "PreparedData",
+    "evaluation_set",
+    "prepare",
+    "serving_set",
+    "sorted_member",
+    "sorted_unique",
+    "take_rows",
+]
 
 TRAIN, VAL, TEST = 0, 1, 2
 STAGE_CODES = {"val": VAL, "validate": VAL, "test": TEST}
-SplitName = Literal["leave_last_out", "global_time"]
-
-
-def sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an int array by sort + adjacent compare.
-
-    numpy 2's hash-based ``np.unique`` made the evaluation sets of a 10M-row file take 10.8 s; this takes 0.5 s.
-    """
-    keys = np.sort(keys, kind="stable")
-    if keys.size == 0:
-        return keys
-    keep = np.empty(keys.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-    return keys[keep]
-
-
-def sorted_member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Elementwise ``keys in sorted_keys`` by binary search (``sorted_keys`` ascending), any shape."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
-    return sorted_keys[np.minimum(pos, sorted_keys.size - 1)] == keys
-
-
-@dataclass
-class CSR:
-    """Rows of variable-length integer lists: row ``r`` is ``values[offsets[r]:offsets[r+1]]``."""
-
-    offsets: np.ndarray  # [R + 1] int64
-    values: np.ndarray  # [nnz] int64
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def row(self, r: int) -> np.ndarray:
-        return self.values[self.offsets[r] : self.offsets[r + 1]]
-
-    def row_ids(self) -> np.ndarray:
-        """Row index of every value, ``[nnz]``."""
-        return np.repeat(np.arange(self.num_rows), self.lengths)
-
-    @staticmethod
-    def from_sorted_pairs(rows: np.ndarray, values: np.ndarray, num_rows: int) -> CSR:
-        """Build from (row, value) pairs already sorted by row."""
-        offsets = np.zeros(num_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=num_rows), out=offsets[1:])
-        return CSR(offsets, values.astype(np.int64, copy=False))
-
-    @staticmethod
-    def from_pairs_unique(rows: np.ndarray, values: np.ndarray, num_rows: int, num_values: int) -> CSR:
-        """Distinct (row, value) pairs, sorted by row then value."""
-        keys = sorted_unique(rows.astype(np.int64) * num_values + values.astype(np.int64))
-        return CSR.from_sorted_pairs(keys // num_values, keys % num_values, num_rows)
-
-    def keys(self, num_values: int) -> np.ndarray:
-        """Sorted ``row * num_values + value`` keys (rows sorted by value), for vectorised membership tests."""
-        return self.row_ids().astype(np.int64) * num_values + self.values
+SplitName = Literal["leave_last_out", "global_time", "users"]
 
 
 @dataclass
@@ -121,7 +78,7 @@ class PreparedData:
     user: np.ndarray  # [M] int64
     item: np.ndarray  # [M] int64
     timestamp: np.ndarray  # [M] float64
-    split: np.ndarray  # [M] int8: 0 train, 1 validation, 2 test
+    split: np.ndarray  # [M] int8: 0 train, 1 validation, 2 test, 3 held-out user history (split "users")
     user_offsets: np.ndarray  # [U + 1]
     report: dict
 
@@ -155,100 +112,46 @@ def prepare(
     test_time: float = 0.9,
     min_rating: float | None = None,
     sequence_column: str | None = None,
+    val_users: float = 0.1,
+    test_users: float = 0.1,
+    history_fraction: float = 0.8,
+    split_seed: int = 0,
 ) -> PreparedData:
     """Validate, filter, remap and split raw tables.
 
     Args:
         split: ``leave_last_out``: each user's last ``test_items`` interactions are the test split and the
             ``val_items`` before them validation. ``global_time``: one time cut for everyone; ``val_time`` and
-            ``test_time`` are quantiles of the timestamps if in (0, 1), else absolute timestamps.
+            ``test_time`` are quantiles of the timestamps if in (0, 1), else absolute timestamps. ``users``
+            (ComiRec): ``val_users`` / ``test_users`` shares of users (shuffled with ``split_seed``) are held out;
+            their first ``history_fraction`` of interactions is history, the rest targets
+            (:mod:`lightning_retrieval.data.user_split`).
         min_rating: implicit-feedback threshold: keep interactions with ``rating >= min_rating``.
     """
     validate(raw, sequence_column=sequence_column)
-    inter = raw.interactions
-    report: dict = {"dataset": raw.name, "rows_in": int(len(inter))}
-    if min_rating is not None:
-        if "rating" not in inter.columns:
-            raise DataValidationError(
-                f"min_rating={min_rating} needs a rating column; interactions columns: {list(inter.columns)}"
-            )
-        keep = inter["rating"].to_numpy() >= min_rating
-        report["rows_below_min_rating"] = int((~keep).sum())
-        inter = inter[keep]
-        if len(inter) == 0:
-            raise DataValidationError(f"no interaction has rating >= {min_rating}")
-
-    # ---- id remapping (hash-based, vectorised) ----
-    if raw.items is not None:
-        item_ids = raw.items["item_id"].to_numpy()
+    report: dict = {"dataset": raw.name, "rows_in": int(len(raw.interactions))}
+    inter = _filter_ratings(raw.interactions, min_rating, report)
+    item_ids, item_order, item, user_codes, user_ids = _remap_ids(raw, inter)
+    user, item, timestamp, user_offsets = _sort_by_user_time(
+        user_codes, item, inter["timestamp"].to_numpy(dtype=np.float64), len(user_ids)
+    )
+    if split == "users":
+        split_labels = user_split_labels(
+            user, user_offsets, val_users, test_users, history_fraction, split_seed, report
+        )
     else:
-        item_ids = pd.unique(inter["item_id"].to_numpy())
-    order = np.argsort(item_ids, kind="stable")
-    item_ids = item_ids[order]
-    item_index = pd.Index(item_ids)
-    item = item_index.get_indexer(inter["item_id"].to_numpy())
-    if (item < 0).any():  # only possible if validation was bypassed
-        raise DataValidationError("interactions reference unknown item ids")
-    user_codes, user_ids = pd.factorize(inter["user_id"].to_numpy(), sort=True)
-    user_ids = np.asarray(user_ids)
-    timestamp = inter["timestamp"].to_numpy(dtype=np.float64)
-    row = np.arange(len(inter))
-
-    # ---- sort by (user, timestamp, input row): ties keep the input order ----
-    perm = np.lexsort((row, timestamp, user_codes))
-    user = user_codes[perm].astype(np.int64)
-    item = item[perm].astype(np.int64)
-    timestamp = timestamp[perm]
-    num_users = len(user_ids)
-    counts = np.bincount(user, minlength=num_users)
-    user_offsets = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(counts, out=user_offsets[1:])
-
-    # ---- temporal split ----
-    split_labels = np.zeros(len(user), dtype=np.int8)
-    if split == "leave_last_out":
-        if val_items < 0 or test_items < 1:
-            raise ValueError(f"leave_last_out needs test_items >= 1 and val_items >= 0, got {test_items}, {val_items}")
-        from_end = user_offsets[user + 1] - 1 - np.arange(len(user))
-        long_enough = counts[user] > val_items + test_items  # at least one training interaction remains
-        split_labels[long_enough & (from_end < test_items)] = TEST
-        split_labels[long_enough & (from_end >= test_items) & (from_end < test_items + val_items)] = VAL
-        report["users_too_short_for_evaluation"] = int((counts <= val_items + test_items).sum())
-    elif split == "global_time":
-        cuts = []
-        for value in (val_time, test_time):
-            cuts.append(float(np.quantile(timestamp, value)) if 0.0 < value < 1.0 else float(value))
-        if cuts[0] > cuts[1]:
-            raise ValueError(f"validation cut {cuts[0]} is after the test cut {cuts[1]}")
-        split_labels[timestamp >= cuts[0]] = VAL
-        split_labels[timestamp >= cuts[1]] = TEST
-        report["time_cuts"] = {"validation": cuts[0], "test": cuts[1]}
-    else:
-        raise ValueError(f"unknown split {split!r}; choose 'leave_last_out' or 'global_time'")
-
-    # ---- item side: topics and dense features ----
-    num_items = len(item_ids)
-    if raw.items is not None and "topics" in raw.items.columns:
-        topics = raw.items["topics"].iloc[order].reset_index(drop=True)
-        exploded = topics.explode().dropna()
-        topic_codes, topic_names = pd.factorize(exploded.to_numpy(dtype=object), sort=True)
-        item_topics = CSR.from_pairs_unique(exploded.index.to_numpy(), topic_codes, num_items, max(len(topic_names), 1))
-        topic_names = np.asarray(topic_names, dtype=object)
-    else:
-        item_topics = CSR(np.zeros(num_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        topic_names = np.zeros(0, dtype=object)
-    item_dense = _dense_features(raw.items, "item_id", item_ids, {"item_id", "topics", "signature"})
+        split_labels = _split_labels(
+            split, user, timestamp, user_offsets, val_items, test_items, val_time, test_time, report
+        )
+    topic_names, item_topics = _item_topics(raw.items, item_order, len(item_ids))
     item_signature = None
     if raw.items is not None and "signature" in raw.items.columns:
-        item_signature = pd.factorize(raw.items["signature"].iloc[order].to_numpy())[0].astype(np.int64)
-    user_dense = _dense_features(raw.users, "user_id", user_ids, {"user_id", "followed_topics"})
-    user_topics = _user_topics(raw.users, user_ids, topic_names)
-
+        item_signature = pd.factorize(raw.items["signature"].iloc[item_order].to_numpy())[0].astype(np.int64)
     report.update(
         {
             "split": split,
-            "users": num_users,
-            "items": num_items,
+            "users": len(user_ids),
+            "items": len(item_ids),
             "topics": int(len(topic_names)),
             "interactions": int(len(user)),
             "train_interactions": int((split_labels == TRAIN).sum()),
@@ -261,10 +164,10 @@ def prepare(
         item_ids=item_ids,
         topic_names=topic_names,
         item_topics=item_topics,
-        user_topics=user_topics,
+        user_topics=_user_topics(raw.users, user_ids, topic_names),
         item_signature=item_signature,
-        item_dense=item_dense,
-        user_dense=user_dense,
+        item_dense=_dense_features(raw.items, "item_id", item_ids, {"item_id", "topics", "signature"}),
+        user_dense=_dense_features(raw.users, "user_id", user_ids, {"user_id", "followed_topics"}),
         user=user,
         item=item,
         timestamp=timestamp,
@@ -272,6 +175,83 @@ def prepare(
         user_offsets=user_offsets,
         report=report,
     )
+
+
+def _filter_ratings(inter: pd.DataFrame, min_rating: float | None, report: dict) -> pd.DataFrame:
+    """Interactions with ``rating >= min_rating`` (all if None); the dropped count goes into ``report``."""
+    if min_rating is None:
+        return inter
+    if "rating" not in inter.columns:
+        raise DataValidationError(
+            f"min_rating={min_rating} needs a rating column; interactions columns: {list(inter.columns)}"
+        )
+    keep = inter["rating"].to_numpy() >= min_rating
+    report["rows_below_min_rating"] = int((~keep).sum())
+    if not keep.any():
+        raise DataValidationError(f"no interaction has rating >= {min_rating}")
+    return inter[keep]
+
+
+def _remap_ids(raw: RawInteractions, inter: pd.DataFrame):
+    """Dense ids (hash-based, vectorised): ``(item_ids [N], item_order [N], item [M], user_codes [M], user_ids [U])``.
+
+    Items are indexed in sorted original-id order (``item_order`` maps to the items table's rows), users too."""
+    item_ids = raw.items["item_id"].to_numpy() if raw.items is not None else pd.unique(inter["item_id"].to_numpy())
+    item_order = np.argsort(item_ids, kind="stable")
+    item_ids = item_ids[item_order]
+    item = pd.Index(item_ids).get_indexer(inter["item_id"].to_numpy())
+    if (item < 0).any():  # only possible if validation was bypassed
+        raise DataValidationError("interactions reference unknown item ids")
+    user_codes, user_ids = pd.factorize(inter["user_id"].to_numpy(), sort=True)
+    return item_ids, item_order, item, user_codes, np.asarray(user_ids)
+
+
+def _sort_by_user_time(user_codes, item, timestamp, num_users: int):
+    """Sort by (user, timestamp, input row), ties keep the input order: ``(user, item, timestamp [M],
+    user_offsets [U + 1])``."""
+    perm = np.lexsort((np.arange(len(user_codes)), timestamp, user_codes))
+    user = user_codes[perm].astype(np.int64)
+    user_offsets = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=num_users), out=user_offsets[1:])
+    return user, item[perm].astype(np.int64), timestamp[perm], user_offsets
+
+
+def _split_labels(
+    split: str, user, timestamp, user_offsets, val_items: int, test_items: int, val_time, test_time, report: dict
+) -> np.ndarray:
+    """``[M]`` int8 split label (TRAIN / VAL / TEST) of every time-sorted interaction."""
+    labels = np.zeros(len(user), dtype=np.int8)
+    counts = np.diff(user_offsets)
+    if split == "leave_last_out":
+        if val_items < 0 or test_items < 1:
+            raise ValueError(f"leave_last_out needs test_items >= 1 and val_items >= 0, got {test_items}, {val_items}")
+        from_end = user_offsets[user + 1] - 1 - np.arange(len(user))
+        long_enough = counts[user] > val_items + test_items  # at least one training interaction remains
+        labels[long_enough & (from_end < test_items)] = TEST
+        labels[long_enough & (from_end >= test_items) & (from_end < test_items + val_items)] = VAL
+        report["users_too_short_for_evaluation"] = int((counts <= val_items + test_items).sum())
+    elif split == "global_time":
+        cuts = []
+        for value in (val_time, test_time):
+            cuts.append(float(np.quantile(timestamp, value)) if 0.0 < value < 1.0 else float(value))
+        if cuts[0] > cuts[1]:
+            raise ValueError(f"validation cut {cuts[0]} is after the test cut {cuts[1]}")
+        labels[timestamp >= cuts[0]] = VAL
+        labels[timestamp >= cuts[1]] = TEST
+        report["time_cuts"] = {"validation": cuts[0], "test": cuts[1]}
+    else:
+        raise ValueError(f"unknown split {split!r}; choose 'leave_last_out', 'global_time' or 'users'")
+    return labels
+
+
+def _item_topics(items: pd.DataFrame | None, item_order: np.ndarray, num_items: int) -> tuple[np.ndarray, CSR]:
+    """``(topic_names [T], item_topics CSR [N])`` from the items table's ``topics`` lists (none: empty)."""
+    if items is None or "topics" not in items.columns:
+        return np.zeros(0, dtype=object), CSR(np.zeros(num_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    exploded = items["topics"].iloc[item_order].reset_index(drop=True).explode().dropna()
+    topic_codes, topic_names = pd.factorize(exploded.to_numpy(dtype=object), sort=True)
+    item_topics = CSR.from_pairs_unique(exploded.index.to_numpy(), topic_codes, num_items, max(len(topic_names), 1))
+    return np.asarray(topic_names, dtype=object), item_topics
 
 
 def _user_topics(users: pd.DataFrame | None, user_ids: np.ndarray, topic_names: np.ndarray) -> CSR:
@@ -359,11 +339,3 @@ def serving_set(data: PreparedData) -> EvaluationSet:
     return EvaluationSet(
         "predict", users, start, cutoff, empty, exclude, {"stage": "predict", "users": int(len(users))}
     )
-
-
-def take_rows(csr: CSR, rows: np.ndarray) -> CSR:
-    lengths = csr.lengths[rows]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    gather = np.repeat(csr.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return CSR(offsets, csr.values[gather])

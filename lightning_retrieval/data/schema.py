@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lightning_retrieval.errors import DataError
 
-class DataValidationError(ValueError):
+
+class DataValidationError(DataError):
     """Input data that cannot be used as given; the message names the problem and where it is."""
 
 
@@ -25,6 +27,51 @@ class RawInteractions:
     items: pd.DataFrame | None = None
     users: pd.DataFrame | None = None
     name: str = "interactions"
+
+
+_EPOCH = pd.Timestamp("1970-01-01")
+
+
+def timestamps_to_seconds(values: pd.Series, table: str = "interactions") -> pd.Series:
+    """Unix seconds (float64) of a timestamp column: numeric columns are returned unchanged, ``datetime64``
+    columns of any unit (and tz-aware ones) and ISO-8601 strings are converted; naive times count as UTC.
+
+    Missing values stay missing (NaN) so validation reports them; unparseable strings raise
+    :class:`DataValidationError` naming the column and an example.
+    """
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return (values - _EPOCH.tz_localize("UTC")) / pd.Timedelta(seconds=1)
+    if pd.api.types.is_datetime64_dtype(values):
+        return (values - _EPOCH) / pd.Timedelta(seconds=1)
+    if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+        try:
+            parsed = pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError) as err:
+            raise DataValidationError(
+                f"{table}: column 'timestamp' (dtype {values.dtype}) is neither numeric (e.g. Unix seconds), "
+                f"datetime nor ISO-8601 text ({err}); example values: {values.head(3).tolist()}"
+            ) from err
+        return (parsed - _EPOCH.tz_localize("UTC")) / pd.Timedelta(seconds=1)
+    raise DataValidationError(
+        f"{table}: column 'timestamp' must be numeric (e.g. Unix seconds), datetime or ISO-8601 text, got dtype "
+        f"{values.dtype}"
+    )
+
+
+def with_timestamps_in_seconds(raw: RawInteractions) -> RawInteractions:
+    """``raw`` with its interactions' ``timestamp`` column in Unix seconds (see :func:`timestamps_to_seconds`)."""
+    inter = raw.interactions
+    if "timestamp" not in inter.columns or pd.api.types.is_numeric_dtype(inter["timestamp"]):
+        return raw
+    inter = inter.assign(timestamp=timestamps_to_seconds(inter["timestamp"]))
+    return RawInteractions(interactions=inter, items=raw.items, users=raw.users, name=raw.name)
+
+
+def duplicate_rows(interactions: pd.DataFrame) -> np.ndarray:
+    """``[M]`` bool: rows that repeat an earlier row exactly (every column equal; the first copy is False)."""
+    return interactions.duplicated(keep="first").to_numpy()
 
 
 def require_columns(df: pd.DataFrame, columns: list[str], table: str) -> None:
@@ -56,7 +103,8 @@ def validate(raw: RawInteractions, sequence_column: str | None = None) -> None:
     if not pd.api.types.is_numeric_dtype(inter["timestamp"]):
         raise DataValidationError(
             f"interactions: column 'timestamp' must be numeric (e.g. Unix seconds), got dtype "
-            f"{inter['timestamp'].dtype}; convert datetimes with `.astype('int64') // 10**9`"
+            f"{inter['timestamp'].dtype}; convert it with `lightning_retrieval.data.schema.with_timestamps_in_seconds`"
+            " (datetimes of any unit and ISO-8601 text; the datamodule does this for you)"
         )
     if not np.isfinite(inter["timestamp"].to_numpy(dtype=np.float64)).all():
         bad = ~np.isfinite(inter["timestamp"].to_numpy(dtype=np.float64))

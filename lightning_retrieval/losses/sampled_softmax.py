@@ -107,7 +107,9 @@ class SampledSoftmaxLoss(RetrievalLoss):
         if self.gather_negatives and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             offset = dist.get_rank() * user.shape[0]  # every rank has the same batch size (drop_last)
             # [W*B, D] in rank order; the backward reduce-scatters, so gradients flow back to the owning rank
-            item = funcol.all_gather_tensor_autograd(item.contiguous(), gather_dim=0, group=dist.group.WORLD)
+            # private module on purpose: torch 2.13 deprecates the public torch.distributed.nn.functional.all_gather
+            # in favour of this function; tests/test_packaging.py pins it
+            item = funcol.all_gather_single_autograd(item.contiguous(), gather_dim=0, group=dist.group.WORLD)
             item_ids, item_log_q = _gather(item_ids), _gather(item_log_q)
         labels = torch.arange(user.shape[0], device=user.device) + offset
         logits = self.logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q, positives=labels)

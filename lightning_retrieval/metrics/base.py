@@ -19,6 +19,7 @@ class RankedLists:
     valid: ``[U]`` False for masked users (zero/padded query vectors): they retrieved nothing.
     item_topics_offsets / item_topics_values: topics of every corpus item (CSR), for topic diversity.
     item_embeddings: ``[N, D]`` corpus vectors, for embedding-space diversity.
+    user_vectors / user_valid: ``[U, K, D]`` / ``[U, K]`` the users' queries, e.g. for interest similarity.
     num_items: catalogue size (item ids are in [0, num_items)).
     corpus_size: number of indexed items (defaults to num_items); the denominator of coverage.
     """
@@ -32,6 +33,8 @@ class RankedLists:
     item_topic_values: np.ndarray | None = None
     item_embeddings: np.ndarray | None = None
     corpus_size: int | None = None  # indexed items when the index holds a serving corpus subset
+    user_vectors: np.ndarray | None = None  # [U, K, D] the users' query vectors (K = 1 for one query)
+    user_valid: np.ndarray | None = None  # [U, K] which query slots were searched
 
     @property
     def depth(self) -> int:
@@ -66,10 +69,13 @@ class RetrievalMetric:
     ``per_user`` metrics return one value per user ``[U]`` (the reported value is their mean over users, so
     no batch size can change it); corpus-level metrics (``per_user = False``) return one float.
     ``accuracy`` metrics count masked users as 0; the others are averaged over searched users only.
+    ``needs`` names the optional inputs the metric reads (``item_topics``, ``item_embeddings``,
+    ``user_vectors``): without them the evaluator skips it and says so in the protocol.
     """
 
     per_user: bool = True
     accuracy: bool = True
+    needs: tuple[str, ...] = ()
 
     def compute(self, lists: RankedLists, k: int) -> np.ndarray | float:
         raise NotImplementedError

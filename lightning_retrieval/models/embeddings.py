@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from lightning_retrieval.data.features import batch_key
+from lightning_retrieval.validation import positive_int
 
 
 class IdEmbeddings(nn.Module):
@@ -13,10 +15,14 @@ class IdEmbeddings(nn.Module):
 
     Tables: ``user_id`` (feature ``user``), ``item_id`` (features ``item``, ``neg_item`` and, when
     ``share_item_table``, ``history``), optionally ``history_item_id`` (feature ``history``) and ``topic``
-    (features ``item_topics``, ``neg_item_topics``). Bags are mean-pooled; an empty bag pools to zeros.
+    (features ``item_topics``, ``neg_item_topics``), and one table per side feature: ``user_feature_<name>``
+    (feature ``user_feature_<name>``) and ``item_feature_<name>`` (features ``item_feature_<name>``,
+    ``neg_item_feature_<name>``). Bags are mean-pooled; an empty bag pools to zeros.
 
     Args:
         dropout: dropout on every pooled ID embedding (the Pinterest recipe regularises ID embeddings).
+        user_side_features / item_side_features: ``{name: rows}`` of the categorical / multi-valued side-feature
+            tables (``lightning_retrieval.data.features``; row 0 is the unknown / missing value).
     """
 
     def __init__(
@@ -27,8 +33,13 @@ class IdEmbeddings(nn.Module):
         embedding_dim: int,
         share_item_table: bool = True,
         dropout: float = 0.0,
+        user_side_features: dict[str, int] | None = None,
+        item_side_features: dict[str, int] | None = None,
     ):
+        from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType  # imported when used: CLI start-up
+
         super().__init__()
+        positive_int("embedding_dim", embedding_dim)  # before torch builds tables from it
         item_features = ["item", "neg_item"] + (["history"] if share_item_table else [])
         tables = [
             EmbeddingBagConfig(
@@ -74,6 +85,20 @@ class IdEmbeddings(nn.Module):
             "item_topics": num_topics,
             "neg_item_topics": num_topics,
         }
+        side = (("user", ("user",), user_side_features), ("item", ("item", "neg_item"), item_side_features))
+        for owner, prefixes, sizes in side:
+            for name, rows in (sizes or {}).items():
+                keys = [batch_key(prefix, name) for prefix in prefixes]
+                tables.append(
+                    EmbeddingBagConfig(
+                        name=batch_key(owner, name),
+                        embedding_dim=embedding_dim,
+                        num_embeddings=positive_int(f"{owner} side feature {name!r} rows", rows),
+                        feature_names=keys,
+                        pooling=PoolingType.MEAN,
+                    )
+                )
+                self.bounds.update(dict.fromkeys(keys, rows))
         self.collection = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
         for table in self.collection.embedding_bags.values():
             nn.init.normal_(table.weight, std=embedding_dim**-0.5)
@@ -101,6 +126,8 @@ class IdEmbeddings(nn.Module):
                 lengths.append(n.long())
             else:
                 lengths.append(torch.zeros(batch_size, dtype=torch.long, device=device))
+        from torchrec import KeyedJaggedTensor
+
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.feature_names,
             values=torch.cat(values) if values else torch.zeros(0, dtype=torch.long, device=device),

@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lightning_retrieval.checkpoints import safe_torch_load
+from lightning_retrieval.errors import CheckpointError
+
 FORMAT = "lightning-retrieval/pretrained-ids/v1"
 
 
@@ -42,9 +45,19 @@ def save_pretrained_ids(path, user_ids, user_table, item_ids, item_table, window
 
 
 def load_pretrained_ids(path) -> dict:
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Read a pre-trained ID file with ``torch.load(weights_only=True)``: tensors, lists, numbers and strings
+    only, so a crafted file cannot run code; anything else is refused with :class:`CheckpointError`."""
+    blob = safe_torch_load(path, what="pre-trained ID file")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pre-trained ID file of format {FORMAT!r}")
+        raise CheckpointError(f"{path} is not a pre-trained ID file of format {FORMAT!r}")
+    keys = ("embedding_dim", "user_ids", "user_table", "item_ids", "item_table", "window")
+    missing = [k for k in keys if k not in blob]
+    if missing:
+        raise CheckpointError(f"pre-trained ID file {path} lacks the entries {missing}")
+    for name in ("user_table", "item_table"):
+        table, ids = blob[name], blob[name.replace("_table", "_ids")]
+        if not isinstance(table, torch.Tensor) or table.ndim != 2 or len(table) != len(ids):
+            raise CheckpointError(f"pre-trained ID file {path}: {name} must be a [len(ids), D] tensor")
     return blob
 
 

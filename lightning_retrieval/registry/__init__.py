@@ -19,6 +19,7 @@ from lightning_retrieval.registry.core import (
     kinds,
     register,
     resolve,
+    retire,
 )
 from lightning_retrieval.registry.plugins import PLUGIN_ENTRY_POINT_GROUP, PLUGIN_PATH_ENV, load_plugins
 
@@ -33,4 +34,5 @@ __all__ = [
     "load_plugins",
     "register",
     "resolve",
+    "retire",
 ]

@@ -12,6 +12,8 @@ T = TypeVar("T", bound=type)
 
 # kind name -> base class. Kinds are few and fixed by the package; names live on the classes themselves.
 _KINDS: dict[str, type] = {}
+# (kind, name) -> what to use instead, for names that were removed (their error says so).
+_RETIRED: dict[tuple[str, str], str] = {}
 
 
 class UnknownComponentError(ValueError):
@@ -56,6 +58,11 @@ def register(name: str) -> Callable[[T], T]:
         return cls
 
     return decorate
+
+
+def retire(kind: str, name: str, instead: str) -> None:
+    """Mark ``name`` as removed from ``kind``: resolving it raises an error that says ``instead``."""
+    _RETIRED[(kind, name)] = instead
 
 
 def kinds() -> dict[str, type]:
@@ -154,6 +161,8 @@ def resolve_class_path(base: type, name: str) -> str | None:
 
 
 def unknown_name_error(kind: str, name: str) -> UnknownComponentError:
+    if (kind, name) in _RETIRED:
+        return UnknownComponentError(f"{name!r} is no longer a name in registry {kind!r}: {_RETIRED[(kind, name)]}")
     names = [c.name for c in components(kind)]
     close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.4)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -205,15 +214,20 @@ def _import_path(cls: type) -> str:
 
 
 _BUILTINS_LOADED = False
+# The module that imports every built-in component module. Loaded by name (like a plugin's entry point), so the
+# registry imports no component module and component modules import the registry without an import circle.
+BUILTIN_MODULE = "lightning_retrieval.components"
 
 
 def _ensure_builtins() -> None:
-    """Import the package's component modules and the plugins once, so every subclass is known."""
+    """Load the built-in components and the plugins once, so every subclass is known."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    import lightning_retrieval.components  # noqa: F401  (imports every built-in component module)
+    import importlib
+
     from lightning_retrieval.registry.plugins import load_plugins
 
+    importlib.import_module(BUILTIN_MODULE)
     load_plugins()

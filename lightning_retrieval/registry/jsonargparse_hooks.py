@@ -5,6 +5,10 @@ that class name (``resolve_class_path_by_name``). We wrap that one function: aft
 lookup fails, a registry short name (``mlp``) is tried; if the annotated type belongs to a registry kind
 and the name is still unknown, the error names the registry, its valid names and the closest match.
 The help text of subclass arguments also lists the short names.
+
+Worth keeping: jsonargparse has no public hook for name resolution, and without it every config would spell
+full import paths. The private functions are checked when the hooks are installed (:func:`check_private_api`
+raises naming what changed) and by ``tests/test_registry.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,28 @@ def _kinds_in(typehint, narrower: bool = False) -> list[tuple[str, type]]:
     return out
 
 
+def check_private_api(typehints, from_config) -> None:
+    """Fail loudly (not with silently missing short names) if jsonargparse no longer has what we wrap."""
+    import jsonargparse
+
+    problems = []
+    for module, name in ((typehints, "resolve_class_path_by_name"), (from_config, "resolve_class_path_by_name")):
+        function = getattr(module, name, None)
+        if function is None:
+            problems.append(f"{module.__name__}.{name} is gone")
+        elif list(inspect.signature(function).parameters)[:2] != ["cls", "name"]:
+            problems.append(f"{module.__name__}.{name} no longer takes (cls, name)")
+    extra_help = getattr(getattr(typehints, "ActionTypeHint", None), "extra_help", None)
+    if extra_help is None or not hasattr(typehints, "get_subclass_types"):
+        problems.append("jsonargparse._typehints.ActionTypeHint.extra_help / get_subclass_types are gone")
+    if problems:
+        raise RuntimeError(
+            f"jsonargparse {jsonargparse.__version__} changed the private functions that registry short names hook "
+            f"into ({'; '.join(problems)}); update lightning_retrieval/registry/jsonargparse_hooks.py or pin "
+            "jsonargparse to the range in pyproject.toml"
+        )
+
+
 def install() -> None:
     """Idempotently install the hooks into jsonargparse."""
     global _installed
@@ -42,6 +68,7 @@ def install() -> None:
     import jsonargparse._from_config as from_config
     import jsonargparse._typehints as typehints
 
+    check_private_api(typehints, from_config)
     original = typehints.resolve_class_path_by_name
 
     def resolve_class_path_by_name(cls, name: str) -> str:

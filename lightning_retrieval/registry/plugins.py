@@ -1,4 +1,8 @@
-"""Loading third-party plugins: an entry-point group and plugin directories."""
+"""Loading third-party plugins: an entry-point group (automatic) and plugin directories (only when named).
+
+Plugin directories are imported only when named by ``$LIGHTNING_RETRIEVAL_PLUGIN_PATH`` or the CLI's
+``--plugins DIR`` flag: running the CLI in a downloaded folder never executes its ``plugins/*.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from lightning_retrieval.errors import LightningRetrievalError
+
 log = logging.getLogger(__name__)
 
 PLUGIN_ENTRY_POINT_GROUP = "lightning_retrieval.plugins"
@@ -17,27 +23,32 @@ PLUGIN_PATH_ENV = "LIGHTNING_RETRIEVAL_PLUGIN_PATH"
 _loaded: dict[str, str] = {}  # module name -> origin, for `lightning-retrieval registry`
 
 
-class PluginLoadError(ImportError):
+class PluginLoadError(LightningRetrievalError, ImportError):
     pass
 
 
-def plugin_directories() -> list[Path]:
-    """``./plugins`` (if present) followed by the directories in ``$LIGHTNING_RETRIEVAL_PLUGIN_PATH``."""
+def plugin_directories(extra: list[str] | None = None) -> list[Path]:
+    """The directories in ``$LIGHTNING_RETRIEVAL_PLUGIN_PATH`` followed by ``extra`` (e.g. ``--plugins DIR``).
+
+    The working directory's ``./plugins`` is not searched unless named: importing a folder runs its code.
+    """
     dirs = []
-    if Path("plugins").is_dir():
-        dirs.append(Path("plugins").resolve())
-    for entry in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep):
-        if entry:
-            p = Path(entry).expanduser().resolve()
-            if not p.is_dir():
-                raise PluginLoadError(f"{PLUGIN_PATH_ENV} names {entry!r}, which is not a directory")
-            if p not in dirs:
-                dirs.append(p)
+    named = [(e, PLUGIN_PATH_ENV) for e in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if e]
+    named += [(e, "--plugins") for e in extra or []]
+    for entry, origin in named:
+        p = Path(entry).expanduser().resolve()
+        if not p.is_dir():
+            raise PluginLoadError(f"{origin} names {entry!r}, which is not a directory")
+        if p not in dirs:
+            dirs.append(p)
     return dirs
 
 
-def load_plugins() -> dict[str, str]:
+def load_plugins(directories: list[str] | None = None) -> dict[str, str]:
     """Import every plugin module once; returns ``{module: origin}`` of all loaded plugins.
+
+    Entry points of the ``lightning_retrieval.plugins`` group (installed packages) are always loaded;
+    directories only when named by ``$LIGHTNING_RETRIEVAL_PLUGIN_PATH`` or ``directories``.
 
     A plugin that fails to import raises :class:`PluginLoadError` naming the plugin: a broken plugin
     must not silently disappear from the registry.
@@ -50,7 +61,7 @@ def load_plugins() -> dict[str, str]:
         except Exception as err:  # noqa: BLE001 - re-raised with the plugin's name
             raise PluginLoadError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {err}") from err
         _loaded[ep.value] = f"entry point {ep.name}"
-    for directory in plugin_directories():
+    for directory in plugin_directories(directories):
         for path in sorted(directory.glob("*.py")):
             if path.name.startswith("_"):
                 continue

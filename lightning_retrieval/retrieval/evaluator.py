@@ -131,12 +131,17 @@ class RetrievalEvaluator:
                 f"{int((valid & (room < depth)).sum())} user(s) (corpus {index.size}, user row {worst} has "
                 f"{int(seen[worst])} seen items); lower k or disable exclude_seen"
             )
-        # one global over-fetch depth, so every user is searched the same way whatever the batch size
-        fetch = min(index.size, depth + int(seen[valid].max(initial=0)))
-        exclude_keys = exclude.keys(n_items)
         items = np.full((n_users, depth), -1, dtype=np.int64)
         scores = np.full((n_users, depth), -np.inf, dtype=np.float32)
         rows_valid = np.flatnonzero(valid)
+        if index.supports_exclusion:  # the index masks seen items before its top-k: fetch exactly depth
+            for s in range(0, len(rows_valid), self.batch_size):
+                rows = rows_valid[s : s + self.batch_size]
+                scores[rows], items[rows] = index.search(queries[rows], depth, exclude=take_rows(exclude, rows))
+            return items, scores, valid
+        # one global over-fetch depth, so every user is searched the same way whatever the batch size
+        fetch = min(index.size, depth + int(seen[valid].max(initial=0)))
+        exclude_keys = exclude.keys(n_items)
         for s in range(0, len(rows_valid), self.batch_size):
             rows = rows_valid[s : s + self.batch_size]
             batch_scores, batch_ids = index.search(queries[rows], fetch)
@@ -169,6 +174,25 @@ class RetrievalEvaluator:
         items, scores = merger.merge(grid_items, grid_scores, grid_valid, depth)
         return items, scores, grid_valid.any(1)
 
+    def retrieve_queries(
+        self,
+        index: IndexBackend,
+        queries: np.ndarray,
+        valid: np.ndarray,
+        exclude: CSR,
+        depth: int,
+        merger: ResultMerger | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``depth`` items per user for ``queries [U, K, D]`` with ``valid [U, K]`` (a ``UserQueries``):
+        K = 1 is one search per user, K > 1 one search per valid query merged per user (``merger``, default
+        round-robin). Returns ``(items [U, depth], scores [U, depth], user_valid [U])``."""
+        if queries.ndim != 3 or valid.shape != queries.shape[:2]:
+            raise ValueError(f"queries must be [U, K, D] with valid [U, K], got {queries.shape} and {valid.shape}")
+        if queries.shape[1] == 1:
+            # invalid users get a zero vector, which retrieve masks (valid False, items -1)
+            return self.retrieve(index, queries[:, 0] * valid[:, :1], exclude, depth)
+        return self.retrieve_multi(index, queries, valid, exclude, depth, merger or RoundRobinMerger())
+
     def evaluate(
         self,
         index: IndexBackend,
@@ -182,23 +206,24 @@ class RetrievalEvaluator:
         segments: dict[str, np.ndarray] | None = None,
         segment_metrics: tuple[str, ...] = ("recall", "ndcg", "hit_rate"),
     ) -> EvaluationResult:
-        """Metrics for users ``user_vectors`` ``[U, D]`` (or ``[U, K, D]`` with ``user_valid [U, K]`` and a
-        ``merger``, default round-robin) against an index built on the corpus.
+        """Metrics for user queries ``user_vectors [U, K, D]`` with ``user_valid [U, K]`` (``[U, D]``: one query
+        per user) against an index built on the corpus; K > 1 lists are merged by ``merger`` (round-robin).
 
         ``segments`` maps a segment name to a boolean user mask ``[U]``; ``segment_metrics`` are then also
-        reported per segment as ``<metric>@<k>/<segment>``.
+        reported per segment as ``<metric>@<k>/<segment>``. Metrics whose ``needs`` are not available (e.g.
+        ``item_topics`` on a dataset without topics) are skipped and listed in the protocol.
         """
         start = time.perf_counter()
         depth = max(self.ks)
         if depth > index.size:
             raise RetrievalIndexError(f"k={depth} is larger than the corpus ({index.size} items)")
-        if user_vectors.ndim == 3:
-            if user_valid is None:
-                user_valid = np.ones(user_vectors.shape[:2], dtype=bool)
-            merger = merger or RoundRobinMerger()
-            items, scores, valid = self.retrieve_multi(index, user_vectors, user_valid, exclude, depth, merger)
-        else:
-            items, scores, valid = self.retrieve(index, user_vectors, exclude, depth)
+        if user_vectors.ndim == 2:
+            user_vectors = user_vectors[:, None]
+        if user_valid is None:
+            user_valid = np.ones(user_vectors.shape[:2], dtype=bool)
+        num_queries = user_vectors.shape[1]
+        merger = (merger or RoundRobinMerger()) if num_queries > 1 else None
+        items, scores, valid = self.retrieve_queries(index, user_vectors, user_valid, exclude, depth, merger)
         n_items = id_space(index)
         hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
         lists = RankedLists(
@@ -211,12 +236,20 @@ class RetrievalEvaluator:
             item_topic_offsets=None if item_topics is None or item_topics.values.size == 0 else item_topics.offsets,
             item_topic_values=None if item_topics is None or item_topics.values.size == 0 else item_topics.values,
             item_embeddings=item_vectors,
+            user_vectors=user_vectors,
+            user_valid=user_valid,
         )
+        available = {
+            "item_topics": lists.item_topic_offsets is not None,
+            "item_embeddings": item_vectors is not None,
+            "user_vectors": True,
+        }
+        skipped = [m.name for m in self.metrics if not all(available.get(need, False) for need in m.needs)]
         metrics: dict[str, float] = {}
         per_user: dict[str, np.ndarray] = {}
         for metric in self.metrics:
-            if lists.item_topic_offsets is None and metric.name in ("topic_diversity", "distinct_topics"):
-                continue  # the dataset has no topics: nothing to measure (recorded in the protocol)
+            if metric.name in skipped:
+                continue  # what it needs is not available (recorded in the protocol)
             for k in self.ks:
                 key = f"{metric.name}@{k}"
                 value = metric.compute(lists, k)
@@ -234,16 +267,20 @@ class RetrievalEvaluator:
                     metrics[f"{key}/{name}"] = float(values[members].mean())
         protocol = {
             "ks": self.ks,
-            "embeddings_per_user": int(user_vectors.shape[1]) if user_vectors.ndim == 3 else 1,
-            "merger": getattr(type(merger), "registry_name", None) if user_vectors.ndim == 3 else None,
+            "embeddings_per_user": int(num_queries),
+            "merger": getattr(type(merger), "registry_name", None) if merger is not None else None,
             "evaluated_users": int(len(items)),
             "masked_users": int((~valid).sum()),
-            "searched_embeddings": int(user_valid.sum()) if user_vectors.ndim == 3 else int(valid.sum()),
+            "searched_embeddings": int(user_valid.sum()) if num_queries > 1 else int(valid.sum()),
             "excluded_items_total": int(exclude.values.size),
             "targets_total": int(targets.values.size),
             "seconds": round(time.perf_counter() - start, 4),
             **index.describe(),
         }
-        if lists.item_topic_offsets is None:
-            protocol["skipped_metrics"] = "topic metrics (no item topics)"
+        if skipped:
+            protocol["skipped_metrics"] = ", ".join(
+                f"{m.name} (needs {', '.join(n for n in m.needs if not available.get(n, False))})"
+                for m in self.metrics
+                if m.name in skipped
+            )
         return EvaluationResult(metrics, per_user, lists, scores, protocol)

@@ -3,20 +3,27 @@
 FAISS backends (``exact``, ``hnsw``, ``ivfpq``): on a host where ``faiss.get_num_gpus() > 0`` (faiss-gpu
 installed) the indexes FAISS can run on GPU move there automatically; HNSW has no GPU implementation in
 FAISS and stays on CPU (``describe`` says so). ``exact_torch`` is exhaustive search as a batched torch
-matmul + top-k, on CUDA when torch sees a GPU: on CPU it measured 1.56x faster than ``IndexFlatIP`` for
-100k users x 1M items (``benchmarks/eval_throughput.py``).
+matmul + top-k, on CUDA when torch sees a GPU; it also masks each query's excluded (seen) items in the score
+matrix before the top-k (``supports_exclusion``), so evaluation fetches exactly ``k`` results instead of
+over-fetching ``k + max(seen)``. ``faiss_factory`` builds any FAISS index from a factory string.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 import torch
 
+from lightning_retrieval.errors import ConfigError
 from lightning_retrieval.registry import component_kind, register
+from lightning_retrieval.validation import positive_int
+
+if TYPE_CHECKING:
+    from lightning_retrieval.data.preparation import CSR
 
 
 class RetrievalIndexError(RuntimeError):
@@ -41,6 +48,7 @@ class IndexBackend(ABC):
 
     exact: bool = False
     supports_gpu: bool = True
+    supports_exclusion: bool = False  # search(..., exclude=CSR) masks excluded items before the top-k
 
     def __init__(self, use_gpu: bool | None = None):
         self.use_gpu = use_gpu
@@ -48,6 +56,9 @@ class IndexBackend(ABC):
         self.on_gpu = False
         self.build_seconds = 0.0
         self.dim = 0
+
+    def check_corpus(self, num_vectors: int) -> None:
+        """Raise :class:`ConfigError` (before training) if this index cannot be built over ``num_vectors``."""
 
     @abstractmethod
     def _build(self, vectors: np.ndarray) -> None:
@@ -75,8 +86,15 @@ class IndexBackend(ABC):
     def size(self) -> int:
         return 0 if self.index is None else self._size
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_excluding(self, queries: np.ndarray, k: int, exclude: CSR) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(scores, ids)`` with row ``q``'s items ``exclude.row(q)`` never returned (``supports_exclusion``)."""
+        raise RetrievalIndexError(f"{type(self).__name__} does not support excluded items in search")
+
+    def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores [Q, k], ids [Q, k])`` by inner product, best first.
+
+        ``exclude`` (only where ``supports_exclusion``): a CSR with one row per query of item ids that query
+        must not get back (its seen items); every query must keep at least ``k`` items.
 
         Raises :class:`RetrievalIndexError` if the index is missing, ``k`` exceeds the corpus, or any query
         gets fewer than ``k`` results (FAISS pads with id -1; we never pass such padding on).
@@ -88,8 +106,24 @@ class IndexBackend(ABC):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise RetrievalIndexError(f"queries must be [Q, {self.dim}], got {list(queries.shape)}")
+        if exclude is not None:
+            if not self.supports_exclusion:
+                raise RetrievalIndexError(
+                    f"{type(self).__name__} cannot exclude items in search (supports_exclusion is False); "
+                    "over-fetch and drop them instead"
+                )
+            if exclude.num_rows != len(queries):
+                raise RetrievalIndexError(f"exclude has {exclude.num_rows} rows for {len(queries)} queries")
+            if exclude.values.size and (exclude.values.min() < 0 or exclude.values.max() >= self.size):
+                raise RetrievalIndexError(f"excluded item ids must be in [0, {self.size})")
+            room = self.size - exclude.lengths
+            if (room < k).any():
+                raise RetrievalIndexError(
+                    f"k={k} exceeds the items left after exclusion for {int((room < k).sum())} query(ies) "
+                    f"(corpus {self.size}, at most {int(exclude.lengths.max())} excluded)"
+                )
         try:
-            scores, ids = self._search(queries, k)
+            scores, ids = self._search(queries, k) if exclude is None else self._search_excluding(queries, k, exclude)
         except RuntimeError as err:
             raise RetrievalIndexError(f"{type(self).__name__} search failed: {err}") from err
         missing = ids < 0
@@ -130,6 +164,10 @@ class FaissIndex(IndexBackend):
     def _configure_search(self, k: int) -> None:
         """Set search-time parameters (e.g. efSearch) before a search for ``k`` results."""
 
+    def _training_sample(self, vectors: np.ndarray) -> np.ndarray:
+        """The vectors an untrained index is trained on (all of them unless a backend samples)."""
+        return vectors
+
     def _build(self, vectors: np.ndarray) -> None:
         index = self._create(self.dim, vectors.shape[0])
         want_gpu = self.use_gpu if self.use_gpu is not None else gpu_count() > 0
@@ -141,7 +179,7 @@ class FaissIndex(IndexBackend):
                 index = faiss.index_cpu_to_all_gpus(index)
                 self.on_gpu = True
             if not index.is_trained:
-                index.train(vectors)
+                index.train(self._training_sample(vectors))
             index.add(vectors)
         except RuntimeError as err:
             raise RetrievalIndexError(f"{type(self).__name__} failed to build over {vectors.shape}: {err}") from err
@@ -167,15 +205,25 @@ class FaissIndex(IndexBackend):
 class TorchExactIndex(IndexBackend):
     """Exhaustive inner-product search as batched ``torch.topk(queries @ items.T)``; CUDA when available.
 
+    With ``exclude`` the excluded (query, item) scores are set to ``-inf`` by one vectorised scatter per query
+    batch before the top-k, so exactly ``k`` results are fetched whatever a user has seen.
+
     Args:
-        query_batch: queries per matmul (bounds memory at ``query_batch x N`` scores).
+        query_batch: queries per matmul; ``None`` (default) picks as many as keep one score block
+            ``query_batch x N`` under ``block_scores`` floats.
+        block_scores: score-block budget for the automatic ``query_batch`` (default 2**25 floats = 128 MiB).
     """
 
     exact = True
+    supports_exclusion = True
 
-    def __init__(self, query_batch: int = 256, use_gpu: bool | None = None):
+    def __init__(self, query_batch: int | None = None, block_scores: int = 2**25, use_gpu: bool | None = None):
         super().__init__(use_gpu)
-        self.query_batch = query_batch
+        if query_batch is not None and query_batch < 1:
+            raise ValueError(f"query_batch must be a positive number of queries or None, got {query_batch}")
+        if block_scores < 1:
+            raise ValueError(f"block_scores must be positive, got {block_scores}")
+        self.query_batch, self.block_scores = query_batch, block_scores
 
     def _build(self, vectors: np.ndarray) -> None:
         want_gpu = self.use_gpu if self.use_gpu is not None else torch.cuda.is_available()
@@ -184,16 +232,38 @@ class TorchExactIndex(IndexBackend):
         self.device = torch.device("cuda" if want_gpu else "cpu")
         self.on_gpu = want_gpu
         self.index = torch.from_numpy(vectors).to(self.device)
+        self._items_t = self.index.T  # [D, N] view, for the score matmul
+
+    def _batch(self) -> int:
+        return self.query_batch or max(1, self.block_scores // max(self.size, 1))
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.empty((len(queries), k), dtype=np.float32)
-        ids = np.empty((len(queries), k), dtype=np.int64)
+        return self._topk(queries, k, None)
+
+    def _search_excluding(self, queries: np.ndarray, k: int, exclude: CSR) -> tuple[np.ndarray, np.ndarray]:
+        return self._topk(queries, k, exclude)
+
+    def _topk(self, queries: np.ndarray, k: int, exclude: CSR | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of ``queries [Q, D] @ items.T`` per query batch, written straight into the outputs."""
+        n_q, batch = len(queries), self._batch()
+        scores, ids = np.empty((n_q, k), dtype=np.float32), np.empty((n_q, k), dtype=np.int64)
+        out_scores, out_ids = torch.from_numpy(scores), torch.from_numpy(ids)
         q = torch.from_numpy(queries)
+        if exclude is not None:  # (query, item) pairs to mask, as flat offsets into a batch's score block
+            rows = np.repeat(np.arange(n_q, dtype=np.int64), exclude.lengths)
+            flat = torch.from_numpy(rows * self.size + exclude.values.astype(np.int64, copy=False))
         with torch.no_grad():
-            for s in range(0, len(queries), self.query_batch):
-                top = torch.topk(q[s : s + self.query_batch].to(self.device) @ self.index.T, k, dim=1)
-                scores[s : s + self.query_batch] = top.values.cpu().numpy()
-                ids[s : s + self.query_batch] = top.indices.cpu().numpy()
+            for s in range(0, n_q, batch):
+                e = min(s + batch, n_q)
+                block = q[s:e].to(self.device) @ self._items_t  # [b, N]
+                if exclude is not None and exclude.offsets[e] > exclude.offsets[s]:
+                    masked = flat[exclude.offsets[s] : exclude.offsets[e]] - s * self.size
+                    block.view(-1).index_fill_(0, masked.to(self.device), float("-inf"))
+                if self.on_gpu:
+                    top = torch.topk(block, k, dim=1)
+                    out_scores[s:e], out_ids[s:e] = top.values.cpu(), top.indices.cpu()
+                else:
+                    torch.topk(block, k, dim=1, out=(out_scores[s:e], out_ids[s:e]))
         return scores, ids
 
     def search_allowed(self, queries, k, allowed):
@@ -231,7 +301,9 @@ class HNSWIndex(FaissIndex):
 
     def __init__(self, m: int = 32, ef_construction: int = 200, ef_search: int = 128, use_gpu: bool | None = None):
         super().__init__(use_gpu)
-        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        self.m = positive_int("hnsw.m", m)
+        self.ef_construction = positive_int("hnsw.ef_construction", ef_construction)
+        self.ef_search = positive_int("hnsw.ef_search", ef_search)
 
     def _create(self, dim: int, num_vectors: int):
         index = faiss.IndexHNSWFlat(dim, self.m, faiss.METRIC_INNER_PRODUCT)
@@ -257,7 +329,20 @@ class IVFPQIndex(FaissIndex):
 
     def __init__(self, nlist: int = 256, pq_m: int = 8, nbits: int = 8, nprobe: int = 16, use_gpu: bool | None = None):
         super().__init__(use_gpu)
-        self.nlist, self.pq_m, self.nbits, self.nprobe = nlist, pq_m, nbits, nprobe
+        self.nlist, self.pq_m = positive_int("ivfpq.nlist", nlist), positive_int("ivfpq.pq_m", pq_m)
+        self.nbits, self.nprobe = positive_int("ivfpq.nbits", nbits), positive_int("ivfpq.nprobe", nprobe)
+        if self.nbits > 16:
+            raise ConfigError(f"ivfpq.nbits must be in [1, 16] (bits per PQ code), got {nbits}")
+        if self.nprobe > self.nlist:
+            raise ConfigError(f"ivfpq.nprobe={nprobe} must be <= nlist={nlist} (clusters visited per query)")
+
+    def check_corpus(self, num_vectors: int) -> None:
+        needed = max(self.nlist, 2**self.nbits)
+        if num_vectors < needed:
+            raise ConfigError(
+                f"ivfpq: training needs at least {needed} vectors (nlist={self.nlist}, 2**nbits={2**self.nbits}), "
+                f"the corpus has {num_vectors}; lower nlist/nbits or use 'exact'/'hnsw'"
+            )
 
     def _create(self, dim: int, num_vectors: int):
         if dim % self.pq_m:
@@ -280,3 +365,76 @@ class IVFPQIndex(FaissIndex):
             faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
         else:
             self.index.nprobe = self.nprobe
+
+
+_FACTORY_EXAMPLES = "'Flat', 'HNSW32,Flat', 'IVF1024,Flat', 'IVF4096,PQ16', 'OPQ16,IVF4096,PQ16x4fs'"
+
+
+@register("faiss_factory")
+class FaissFactoryIndex(FaissIndex):
+    """Any FAISS index described by an index-factory string, with inner-product metric.
+
+    Args:
+        factory: FAISS factory string, e.g. ``IVF4096,PQ16``, ``OPQ16,IVF4096,PQ16x4fs``, ``HNSW32,Flat``.
+        search_params: FAISS ``ParameterSpace`` string applied after building, e.g. ``nprobe=64``,
+            ``efSearch=128``, ``nprobe=32,quantizer_efSearch=64``; empty for FAISS's defaults.
+        train_size: train on a seeded random sample of this many vectors (``None``: all); IVF/PQ training
+            cost grows with it, and FAISS needs about 39 x nlist vectors for good centroids.
+        seed: seed of the training sample.
+    """
+
+    def __init__(
+        self,
+        factory: str = "IVF1024,Flat",
+        search_params: str = "",
+        train_size: int | None = 262_144,
+        seed: int = 0,
+        use_gpu: bool | None = None,
+    ):
+        super().__init__(use_gpu)
+        if not isinstance(factory, str) or not factory.strip():
+            raise ValueError(
+                f"faiss_factory: factory must be a non-empty FAISS factory string, e.g. {_FACTORY_EXAMPLES}"
+            )
+        if train_size is not None and train_size < 1:
+            raise ValueError(f"faiss_factory: train_size must be a positive vector count or None, got {train_size}")
+        self.factory, self.search_params = factory.strip(), search_params.strip()
+        self.train_size, self.seed = train_size, seed
+        self.exact = self.factory == "Flat"
+        self.supports_gpu = "HNSW" not in self.factory  # FAISS has no GPU HNSW
+
+    def _create(self, dim: int, num_vectors: int):
+        try:
+            return faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise RetrievalIndexError(
+                f"faiss_factory: FAISS cannot build {self.factory!r} for {dim}-d vectors ({reason}); valid strings "
+                f"look like {_FACTORY_EXAMPLES} (PQ sub-quantisers must divide the width)"
+            ) from err
+
+    def _training_sample(self, vectors: np.ndarray) -> np.ndarray:
+        if self.train_size is None or len(vectors) <= self.train_size:
+            return vectors
+        rows = np.sort(np.random.default_rng(self.seed).choice(len(vectors), self.train_size, replace=False))
+        return vectors[rows]
+
+    def _build(self, vectors: np.ndarray) -> None:
+        super()._build(vectors)
+        self._configure_search(0)  # a bad parameter string fails at build time, not at the first search
+
+    def _configure_search(self, k: int) -> None:
+        if not self.search_params:
+            return
+        space = faiss.GpuParameterSpace() if self.on_gpu else faiss.ParameterSpace()
+        try:
+            space.set_index_parameters(self.index, self.search_params)
+        except RuntimeError as err:
+            raise RetrievalIndexError(
+                f"faiss_factory: cannot apply search_params {self.search_params!r} to {self.factory!r} "
+                f"({str(err).strip().splitlines()[-1]}); use names such as nprobe (IVF), efSearch (HNSW), "
+                "quantizer_efSearch, comma-separated"
+            ) from err
+
+    def describe(self) -> dict:
+        return {**super().describe(), "factory": self.factory, "search_params": self.search_params}

@@ -5,8 +5,9 @@ torchrec's planner, or the sharding types you name); the rest of the model is da
 tables are trained by torchrec's fused optimizer inside the backward pass, so the LightningModule's own
 optimizer only sees the dense parameters (``RetrievalModel.dense_parameters``).
 
-Checkpoints hold full (gathered) tables, so any strategy or a single process can load them; after ``fit`` the
-LightningModule gets its plain tables back with the trained weights.
+Checkpoints hold full (gathered) tables, so any strategy or a single process can load them, and the fused
+optimizer's state (full tensors, ``torchrec_fused_optimizer``), which a resumed sharded ``fit`` copies back into
+its shards; after ``fit`` the LightningModule gets its plain tables back with the trained weights.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def _full_tensor(value):
         dist.broadcast(full, src=0)
         return full.cpu()
     return value
+
+
+def _copy_full_into(target, full: torch.Tensor) -> None:
+    """Copy the matching slices of a full tensor into a sharded (``ShardedTensor``/``DTensor``) or plain one."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if tuple(target.shape) != tuple(full.shape):
+        raise ValueError(f"fused optimizer state of shape {list(full.shape)} cannot fill {list(target.shape)}")
+    if isinstance(target, ShardedTensor):
+        for shard in target.local_shards():
+            offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            region = tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
+            shard.tensor.copy_(full[region].to(shard.tensor))
+    elif isinstance(target, DTensor):
+        target.to_local().copy_(distribute_tensor(full, target.device_mesh, target.placements).to_local())
+    else:
+        target.copy_(full.to(target))
 
 
 class TorchrecShardedStrategy(DDPStrategy):
@@ -183,6 +202,53 @@ class TorchrecShardedStrategy(DDPStrategy):
         if not self._plain_tables:
             return state
         return {k: _full_tensor(v) for k, v in state.items()}
+
+    def _fused_optimizer(self):
+        """torchrec's fused optimizer of the sharded tables (None before wrapping or without sharded tables)."""
+        return getattr(self.model, "fused_optimizer", None) if self._plain_tables else None
+
+    def fused_optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{parameter: {state name: full tensor}}`` of the fused optimizer, gathered from the shards
+        (collective: every process calls it); e.g. the row-wise Adagrad momentum ``[rows]`` of every table."""
+        fused = self._fused_optimizer()
+        if fused is None:
+            return {}
+        state = fused.state_dict()["state"]
+        return {p: {k: _full_tensor(v) for k, v in sorted(state[p].items())} for p in sorted(state)}
+
+    def load_fused_optimizer_state(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Copy full optimizer-state tensors (from :meth:`fused_optimizer_state`) into this process's shards."""
+        fused = self._fused_optimizer()
+        if fused is None:
+            return
+        current = fused.state_dict()
+        missing = sorted(
+            f"{p}/{k}" for p, entries in current["state"].items() for k in entries if k not in saved.get(p, {})
+        )
+        if missing:
+            raise ValueError(f"the checkpoint's fused optimizer state lacks {missing[:3]}: was it saved by this model?")
+        for p, entries in current["state"].items():
+            for k, value in entries.items():
+                _copy_full_into(value, saved[p][k])
+        fused.load_state_dict(current)
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Adds the fused optimizer's state (``torchrec_fused_optimizer``, full tensors) so that a resumed sharded
+        run continues with the embedding optimizer's accumulators, not from zero."""
+        fused_state = self.fused_optimizer_state()  # collective, before only rank 0 writes
+        if fused_state:
+            checkpoint["torchrec_fused_optimizer"] = fused_state
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_optimizer_state_dict(self, checkpoint) -> None:
+        super().load_optimizer_state_dict(checkpoint)
+        if "torchrec_fused_optimizer" in checkpoint:
+            self.load_fused_optimizer_state(checkpoint["torchrec_fused_optimizer"])
+        elif self._fused_optimizer() is not None:
+            rank_zero_info(
+                "the checkpoint has no fused optimizer state (not saved by strategy 'torchrec'): the "
+                "sharded tables' optimizer starts from zero"
+            )
 
     def teardown(self) -> None:
         """Put plain tables with the trained weights back into the LightningModule."""

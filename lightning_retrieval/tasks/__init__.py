@@ -1,7 +1,7 @@
-"""LightningModules (registry kind ``tasks``)."""
+"""LightningModules (registry kind ``tasks``): ``retrieval`` (any query kind), ``popularity``, ``id_pretrain``."""
 
 from lightning_retrieval.tasks.base import RetrievalModel
 from lightning_retrieval.tasks.popularity import PopularityRetrieval
-from lightning_retrieval.tasks.two_tower import TwoTowerRetrieval
+from lightning_retrieval.tasks.retrieval import RetrievalTask
 
-__all__ = ["PopularityRetrieval", "RetrievalModel", "TwoTowerRetrieval"]
+__all__ = ["PopularityRetrieval", "RetrievalModel", "RetrievalTask"]

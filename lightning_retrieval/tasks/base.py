@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
+from lightning_retrieval.queries.base import UserQueries
 from lightning_retrieval.registry import component_kind
 
 
@@ -12,9 +13,9 @@ from lightning_retrieval.registry import component_kind
 class RetrievalModel(pl.LightningModule):
     """A model that embeds users and items into one inner-product space.
 
-    Subclasses implement :meth:`embed_users` and :meth:`embed_items` (and :meth:`training_step` if they
-    learn). Evaluation steps return the user vectors; the ``RetrievalEvaluation`` callback embeds the corpus,
-    builds the index and computes the metrics at epoch end.
+    Subclasses implement :meth:`embed_users` (a :class:`UserQueries`: K vectors per user, K = 1 for one) and
+    :meth:`embed_items` (and :meth:`training_step` if they learn). Evaluation steps return the user queries;
+    the evaluation callbacks embed the corpus, build the index and compute the metrics at epoch end.
 
     Args:
         feature_spec: table sizes from the datamodule (``num_users``, ``num_items``, ``num_topics``,
@@ -34,9 +35,18 @@ class RetrievalModel(pl.LightningModule):
             )
         return [int(self.feature_spec[k]) for k in keys]
 
-    def embed_users(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """User vectors ``[B, D]``, or for multi-embedding models ``([B, K, D], valid [B, K])``."""
+    @property
+    def display_name(self) -> str:
+        """The model's name in result cards and reports."""
+        return type(self).__name__
+
+    def embed_users(self, batch: dict[str, torch.Tensor]) -> UserQueries:
+        """The user's search queries: ``vectors [B, K, D]``, ``valid [B, K]`` (K = 1 for a single vector)."""
         raise NotImplementedError
+
+    def topic_queries(self, batch: dict[str, torch.Tensor], topics: torch.Tensor) -> UserQueries:
+        """Queries for an explicit topic per user ``topics [B]``; models without topic conditions ignore it."""
+        return self.embed_users(batch)
 
     def embed_items(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Item vectors ``[N, D]`` for an item-feature batch (``item``, topics, dense, ``item_count``)."""
@@ -47,13 +57,20 @@ class RetrievalModel(pl.LightningModule):
         torchrec's fused optimizer in the backward pass (sharded ID tables under ``strategy: torchrec``)."""
         return [p for p in self.parameters() if p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
 
-    def in_batch_loss(self, users: torch.Tensor, batch: dict[str, torch.Tensor], items: torch.Tensor | None = None):
-        """``self.loss`` of user vectors ``[B, D]`` against the batch's targets (embedded unless given) and its
-        corpus negatives, if the datamodule sampled any."""
+    def in_batch_loss(
+        self,
+        users: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        items: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``self.loss`` of user vectors ``[B, D]`` against the batch's targets and its corpus negatives, if the
+        datamodule sampled any. ``items [B, D]`` / ``negatives [M, D]`` are embedded here unless given."""
         items = self.embed_items(batch) if items is None else items
-        neg = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
+        if negatives is None and "neg_item" in batch:
+            negatives = self.embed_items(batch, "neg_item")
         return self.loss(
-            users, items, batch["item"], batch["item_log_q"], neg, batch.get("neg_item"), batch.get("neg_log_q")
+            users, items, batch["item"], batch["item_log_q"], negatives, batch.get("neg_item"), batch.get("neg_log_q")
         )
 
     def evaluation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -61,12 +78,11 @@ class RetrievalModel(pl.LightningModule):
         return None
 
     def _user_outputs(self, batch) -> dict[str, torch.Tensor]:
-        users = self.embed_users(batch)
-        out = {"eval_row": batch["eval_row"]}
-        if isinstance(users, tuple):
-            users, valid = users
-            out["user_valid"] = valid.detach()
-        out["user_embeddings"] = users.detach()
+        """``eval_row [B]``, ``user_embeddings [B, K, D]``, ``user_valid [B, K]`` (+ ``query_weights [B, K]``)."""
+        queries = self.embed_users(batch).detach()
+        out = {"eval_row": batch["eval_row"], "user_embeddings": queries.vectors, "user_valid": queries.valid}
+        if queries.weights is not None:
+            out["query_weights"] = queries.weights
         return out
 
     def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:

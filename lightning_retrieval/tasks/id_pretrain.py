@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.losses.sampled_softmax import RetrievalLoss, SampledSoftmaxLoss
 from lightning_retrieval.models.embeddings import IdEmbeddings
-from lightning_retrieval.models.pretrained import save_pretrained_ids
+from lightning_retrieval.queries.base import UserQueries
 from lightning_retrieval.registry import register
 from lightning_retrieval.tasks.base import RetrievalModel
 
@@ -27,25 +25,30 @@ class IdPretraining(RetrievalModel):
         self,
         feature_spec: dict | None = None,
         embedding_dim: int = 64,
-        loss: RetrievalLoss = lazy_instance(SampledSoftmaxLoss),
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
     ):
         super().__init__(feature_spec)
         self.save_hyperparameters(ignore=["loss", "optimizer"])
         num_users, num_items = self.require_spec("num_users", "num_items")
         self.embeddings = IdEmbeddings(num_users, num_items, 0, embedding_dim)
-        self.loss, self.optimizer_factory = loss, optimizer
+        self.loss = loss if loss is not None else SampledSoftmaxLoss()
+        self.optimizer_factory = optimizer
 
-    def embed_users(self, batch):
+    def user_vectors(self, batch) -> torch.Tensor:
+        """``[B, D]`` normalised user-id embeddings."""
         users = batch["user"]
         return F.normalize(self.embeddings({"user": (users, torch.ones_like(users))}, users.shape[0])["user"], dim=-1)
+
+    def embed_users(self, batch) -> UserQueries:
+        return UserQueries.single(self.user_vectors(batch))
 
     def embed_items(self, batch, prefix: str = "item"):
         items = batch[prefix]
         return F.normalize(self.embeddings({prefix: (items, torch.ones_like(items))}, items.shape[0])[prefix], dim=-1)
 
     def compute_loss(self, batch):
-        return self.in_batch_loss(self.embed_users(batch), batch)
+        return self.in_batch_loss(self.user_vectors(batch), batch)
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
@@ -57,33 +60,3 @@ class IdPretraining(RetrievalModel):
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.dense_parameters())
-
-
-@register("pretrained_id_export")
-class PretrainedIdExport(RetrievalCallback):
-    """Writes the model's user and item ID tables, the id mapping and the training window at the end of ``fit``.
-
-    Args:
-        path: output file (see ``lightning_retrieval.models.pretrained`` for the format).
-    """
-
-    def __init__(self, path: str = "runs/pretrained/ids.pt"):
-        super().__init__()
-        self.path = path
-
-    def on_train_end(self, trainer, pl_module):
-        state = trainer.strategy.lightning_module_state_dict()  # every process: sharded tables are gathered
-        if trainer.is_global_zero:
-            dm = trainer.datamodule
-
-            def key(table: str) -> str:
-                return "embeddings." + IdEmbeddings.state_key(table)
-
-            save_pretrained_ids(
-                self.path,
-                dm.data.user_ids,
-                state[key("user_id")],
-                dm.data.item_ids,
-                state[key("item_id")],
-                dm.training_window,
-            )

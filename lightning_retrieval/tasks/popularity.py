@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_retrieval.queries.base import UserQueries
 from lightning_retrieval.registry import register
 from lightning_retrieval.tasks.base import RetrievalModel
 
@@ -23,7 +24,7 @@ class PopularityRetrieval(RetrievalModel):
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
 
     def embed_users(self, batch):
-        return torch.ones(batch["user"].shape[0], 1, device=batch["user"].device)
+        return UserQueries.single(torch.ones(batch["user"].shape[0], 1, device=batch["user"].device))
 
     def embed_items(self, batch):
         if "item_count" not in batch:

@@ -15,7 +15,13 @@ class InterestModule(nn.Module):
     ``valid[b, k]`` is False for an interest with no supporting history item (e.g. a user with fewer than K
     history items): such vectors must be masked downstream, never searched. The first constructor
     arguments are ``embedding_dim`` and ``num_interests``.
+
+    ``routing_mass``: modules that weigh their interests (DCM's routing mass ``Σ_l w_lk``) set it in ``forward``
+    to a detached ``[B, K]`` tensor for that call (0 for invalid slots); it stays None for the others. Consumers
+    (a serving budget in proportion to importance) read it right after calling the module.
     """
+
+    routing_mass: torch.Tensor | None = None
 
     def __init__(self, embedding_dim: int, num_interests: int):
         super().__init__()
@@ -39,13 +45,17 @@ def squash(z: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
 
 
 def farthest_point_order(
-    vectors: torch.Tensor, mask: torch.Tensor, k: int, first: torch.Tensor | None = None
+    vectors: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    first: torch.Tensor | None = None,
+    similarity: str = "cosine",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maxmin (farthest-point) selection of ``k`` history positions per user, vectorised over the batch.
 
     Step 1 takes ``first`` (default: the most recent valid position); each next step takes the valid, unchosen
-    position whose highest cosine similarity to the chosen ones is lowest. Padding is excluded with ±inf
-    (never by multiplying), so it can never win.
+    position whose highest similarity (``cosine``, or ``dot`` as in the KDD'25 paper's ``c_j^T e_i``) to the
+    chosen ones is lowest. Padding is excluded with ±inf (never by multiplying), so it can never win.
 
     Args:
         vectors: ``[B, L, D]`` (detached by the caller if no gradient is wanted).
@@ -54,7 +64,9 @@ def farthest_point_order(
         ``(positions [B, k], slot_valid [B, k])``; ``slot_valid`` is False once a user runs out of valid items.
     """
     batch, length, _ = vectors.shape
-    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    unit = torch.nn.functional.normalize(vectors, dim=-1) if similarity == "cosine" else vectors
     sims = unit @ unit.transpose(1, 2)  # [B, L, L]
     arange = torch.arange(length, device=vectors.device)
     if first is None:  # most recent valid position (histories are right-aligned, but do not rely on it)
@@ -73,3 +85,19 @@ def farthest_point_order(
         closest = torch.maximum(closest, sims[torch.arange(batch), pick])
     slot_valid = torch.arange(k, device=vectors.device)[None, :] < n_valid[:, None]
     return positions, slot_valid
+
+
+def recency_rank(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` rank of each valid position counted from the user's most recent valid item (0 = most recent).
+
+    Independent of how much padding there is and where it sits, so anything indexed by it (position
+    embeddings, fixed routing logits) gives the same output however a history is padded. Padding gets 0.
+    """
+    later = mask.flip(1).long().cumsum(1).flip(1)  # valid items at or after each position
+    return torch.where(mask, later - 1, torch.zeros_like(later))
+
+
+def interests_supported(mask: torch.Tensor, num_interests: int) -> torch.Tensor:
+    """``[B, K]``: slot ``k`` is valid iff the user has more than ``k`` valid items (n items: <= n interests)."""
+    n = mask.sum(1)
+    return torch.arange(num_interests, device=mask.device)[None, :] < n[:, None]

@@ -14,17 +14,27 @@ class DifferentiableClusteringModule(InterestModule):
     """Clusters the history inside the network into K interest centroids.
 
     1. Maxmin (farthest-point) initialisation: centroid 1 is the most recent valid item (``first: recent``) or
-       a random valid one (``first: random``, training only); each next centroid is the valid item least
-       similar to the chosen ones. So the first centroids are the most spread out / representative, which
-       is what lets serving keep only the first K_u of them.
+       a random valid one (``first: random``, training only; evaluation always starts from the most recent, so
+       serving is deterministic); each next centroid is the valid item least similar (``init_similarity``) to
+       the chosen ones. So the first centroids are the most spread out / representative, which is what lets
+       serving keep only the first K_u of them.
     2. ``iterations`` rounds of routing: ``w_lk = softmax_k(c_k · S e_l)``; with ``single_assignment`` only
        the arg-max centroid keeps its (differentiable) weight, so every history item feeds exactly one
        cluster; ``c_k = squash(Σ_l w_lk S e_l)``.
     3. A slot is valid if the user had enough distinct valid items and the cluster received weight.
 
+    Valid history = non-padding positions (``mask``); filter low ratings upstream (the datamodule's ``min_rating``)
+    if they should not seed clusters.
+
+    Routing mass (the paper's interest importance, which sizes each interest's serving budget): after a call,
+    ``routing_mass`` ``[B, K]`` holds ``Σ_l w_lk`` of the final iteration (0 for invalid slots) and
+    ``last_assignment`` ``[B, L, K]`` the weights themselves; ``forward_with_mass`` returns it with the interests.
+
     Args:
         bilinear: learn the shared map ``S`` (initialised to the identity), else ``S = I``.
-        importance: returned per interest as routing mass ``Σ_l w_lk`` (used for ordering-free budgets).
+        first: ``recent`` or ``random`` (the paper's VA-FPI draws the first centroid at random).
+        init_similarity: maxmin initialisation on ``cosine`` (default) or ``dot`` products (the paper's
+            ``c_j^T e_i``, under which short vectors look far from everything and become seeds).
     """
 
     def __init__(
@@ -35,19 +45,24 @@ class DifferentiableClusteringModule(InterestModule):
         single_assignment: bool = True,
         bilinear: bool = True,
         first: str = "recent",
+        init_similarity: str = "cosine",
     ):
         super().__init__(embedding_dim, num_interests)
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         if first not in ("recent", "random"):
             raise ValueError(f"first must be 'recent' or 'random', got {first!r}")
+        if init_similarity not in ("cosine", "dot"):
+            raise ValueError(f"init_similarity must be 'cosine' or 'dot', got {init_similarity!r}")
         self.iterations = iterations
         self.single_assignment = single_assignment
         self.first = first
+        self.init_similarity = init_similarity
         self.S = nn.Linear(embedding_dim, embedding_dim, bias=False) if bilinear else None
         if self.S is not None:
             nn.init.eye_(self.S.weight)
         self.last_assignment: torch.Tensor | None = None  # [B, L, K] routing weights of the last call
+        self.routing_mass: torch.Tensor | None = None  # [B, K] Σ_l w_lk of the last call
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``history [B, L, D]``, ``mask [B, L]`` -> ``(interests [B, K, D], valid [B, K])``."""
@@ -58,7 +73,9 @@ class DifferentiableClusteringModule(InterestModule):
         if self.first == "random" and self.training:
             noise = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
             first = noise.argmax(1)
-        positions, slot_valid = farthest_point_order(history.detach(), mask, self.num_interests, first)
+        positions, slot_valid = farthest_point_order(
+            history.detach(), mask, self.num_interests, first, similarity=self.init_similarity
+        )
         centroids = se[torch.arange(batch)[:, None], positions]  # [B, K, D]
         slot_mask = slot_valid[:, None, :]  # [B, 1, K]
         for _ in range(self.iterations):
@@ -69,6 +86,19 @@ class DifferentiableClusteringModule(InterestModule):
                 weights = weights * winner
             weights = weights * mask[:, :, None]
             centroids = squash(torch.einsum("blk,bld->bkd", weights, se))
+        mass = weights.sum(1)  # [B, K]
+        valid = slot_valid & (mass > 0)
         self.last_assignment = weights.detach()
-        valid = slot_valid & (weights.sum(1) > 0)
+        self.routing_mass = (mass * valid).detach()
         return centroids, valid
+
+    def forward_with_mass(
+        self, history: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` plus the routing mass: ``(interests [B, K, D], valid [B, K], mass [B, K])``.
+
+        ``mass[b, k] = Σ_l w_lk`` (detached; 0 for invalid slots); ``mass / mass.sum(1)`` is the share of the
+        serving budget the paper gives each interest.
+        """
+        interests, valid = self(history, mask)
+        return interests, valid, self.routing_mass

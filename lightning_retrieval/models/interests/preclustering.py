@@ -11,36 +11,66 @@ from lightning_retrieval.registry import register
 def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """Ward agglomerative clustering down to (at most) ``k`` clusters per user, batched over users.
 
-    Every step merges, for each user still above ``k`` clusters, the pair with the smallest Ward cost
-    ``n_a n_b / (n_a + n_b) |mu_a - mu_b|^2``. Loop over merge steps (at most L - k), never over users.
-    Returns cluster labels ``[B, L]`` (the index of the cluster's surviving slot; -1 for padding).
+    Every step merges, for each user still above ``k`` clusters, the pair with the smallest Ward distance
+    ``D(a, b) = 2 n_a n_b / (n_a + n_b) |mu_a - mu_b|^2`` (twice the increase in within-cluster variance; the
+    square of scipy's ``linkage(method="ward")`` height). ``D`` starts as the squared Euclidean distances and is
+    kept up to date by the Lance-Williams update, one row and column per merge, never recomputed:
+    ``D(c, a+b) = ((n_a + n_c) D(c, a) + (n_b + n_c) D(c, b) - n_c D(a, b)) / (n_a + n_b + n_c)``.
+    Each cluster's nearest neighbour is cached, so a step reads ``[B, L]`` minima plus the few rows whose
+    neighbour was merged, not the ``[B, L, L]`` matrix. Loop over merge steps (at most L - k), never over users.
+
+    Args:
+        x: ``[B, L, D]`` points; mask: ``[B, L]`` True for real points.
+    Returns:
+        cluster labels ``[B, L]``: the slot of the cluster's surviving (lowest) member; -1 for padding.
     """
     batch, length, _ = x.shape
-    sums, counts = x * mask[:, :, None], mask.float()
     labels = torch.where(mask, torch.arange(length, device=x.device).expand(batch, -1), -1)
-    active = mask.clone()
-    eye = torch.eye(length, dtype=torch.bool, device=x.device)[None]
-    rows = torch.arange(batch, device=x.device)
-    for _ in range(max(length - k, 0)):
-        need = active.sum(1) > k
-        if not need.any():
+    remaining = mask.sum(1)
+    if not bool((remaining > k).any()):
+        return labels
+    inf = float("inf")
+    slots = torch.arange(length, device=x.device)
+    dist = torch.cdist(x, x).pow(2)  # [B, L, L]
+    dist = dist.masked_fill(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool), inf)
+    flat = dist.view(batch, length * length)
+    counts = mask.to(x.dtype)
+    near, near_to = dist.min(2)  # [B, L] each cluster's nearest-neighbour distance and slot
+    for _ in range(length - k):
+        users = torch.nonzero(remaining > k).squeeze(1)  # users that merge this step
+        if users.numel() == 0:
             break
-        mu = sums / counts.clamp(min=1)[:, :, None]
-        dist = torch.cdist(mu, mu).pow(2)
-        n_a, n_b = counts[:, :, None], counts[:, None, :]
-        cost = n_a * n_b / (n_a + n_b).clamp(min=1) * dist
-        pair_ok = active[:, :, None] & active[:, None, :] & ~eye
-        cost = cost.masked_fill(~pair_ok, float("inf")).flatten(1)
-        flat = cost.argmin(1)
-        a, b = flat // length, flat % length
-        a, b = torch.minimum(a, b), torch.maximum(a, b)
-        upd = need  # users that merge this step
-        sums[rows[upd], a[upd]] += sums[rows[upd], b[upd]]
-        counts[rows[upd], a[upd]] += counts[rows[upd], b[upd]]
-        counts[rows[upd], b[upd]] = 0
-        active[rows[upd], b[upd]] = False
-        moved = upd[:, None] & (labels == b[:, None])
-        labels = torch.where(moved, a[:, None].expand(-1, length), labels)
+        u = users[:, None]
+        first = near[users].argmin(1)
+        second = near_to[users, first]
+        a, b = torch.minimum(first, second)[:, None], torch.maximum(first, second)[:, None]  # [m, 1], a < b
+        n = counts[users]  # [m, L]
+        n_a, n_b = n.gather(1, a), n.gather(1, b)
+        row_a, row_b = dist[users, a.squeeze(1)], dist[users, b.squeeze(1)]  # [m, L]
+        d_ab = row_a.gather(1, b)
+        merged = ((n_a + n) * row_a + (n_b + n) * row_b - n * d_ab) / (n_a + n_b + n)
+        merged = merged.masked_fill((n == 0) | (slots == a) | (slots == b), inf)  # [m, L] to the cluster a+b
+        # write row and column a (merged) and row and column b (gone) of each merging user's matrix
+        cells = torch.cat([a * length + slots, slots * length + a, b * length + slots, slots * length + b], 1)
+        values = torch.cat([merged, merged, torch.full_like(merged, inf), torch.full_like(merged, inf)], 1)
+        flat.index_put_((u.expand_as(cells), cells), values)
+        counts.index_put_((u, b), torch.zeros_like(n_b))
+        counts.index_put_((u, a), n_a + n_b)
+        remaining[users] -= 1
+        labels[users] = torch.where(labels[users] == b, a, labels[users])
+        # nearest neighbours: the merged cluster, clusters whose neighbour was a or b (recomputed), the others
+        user_near, user_to = near[users], near_to[users]
+        stale = ((user_to == a) | (user_to == b)) & (n > 0)
+        closer = (merged < user_near) | ((merged == user_near) & (a < user_to))
+        user_near, user_to = torch.where(closer, merged, user_near), torch.where(closer, a, user_to)
+        best, best_to = merged.min(1, keepdim=True)
+        user_near = user_near.scatter(1, a, best).scatter(1, b, torch.full_like(best, inf))
+        user_to = user_to.scatter(1, a, best_to)
+        stale_user, stale_slot = torch.nonzero(stale & (slots != a) & (slots != b), as_tuple=True)
+        if stale_user.numel():
+            fresh, fresh_to = dist[users[stale_user], stale_slot].min(1)
+            user_near[stale_user, stale_slot], user_to[stale_user, stale_slot] = fresh, fresh_to
+        near[users], near_to[users] = user_near, user_to
     return labels
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_retrieval.models.interests.base import InterestModule
+from lightning_retrieval.models.interests.base import InterestModule, interests_supported, recency_rank
 from lightning_retrieval.registry import register
 
 
@@ -13,9 +13,13 @@ from lightning_retrieval.registry import register
 class SelfAttentiveInterests(InterestModule):
     """``A = softmax_L(W2 tanh(W1 (H + P)^T))`` gives K attention distributions over the history; ``V = A H``.
 
+    ``P`` is indexed by recency (0 = the most recent valid item), so the amount of padding never changes the
+    output. Interest ``k`` is valid for users with more than ``k`` history items (n items give at most n
+    distinct interests).
+
     Args:
         hidden_dim: width of the attention MLP (ComiRec uses 4D).
-        max_length: positions with learned embeddings ``P`` (0 disables them).
+        max_length: positions with learned embeddings ``P`` (0 disables them): the most valid history items.
     """
 
     def __init__(
@@ -35,12 +39,18 @@ class SelfAttentiveInterests(InterestModule):
         self.check_input(history, mask)
         keyed = history
         if self.position is not None:
-            length = history.shape[1]
-            if length > self.position.num_embeddings:
-                raise ValueError(f"history length {length} exceeds max_length={self.position.num_embeddings}")
-            keyed = history + self.position.weight[:length][None]
+            rank = recency_rank(mask)
+            if (
+                history.shape[1] > self.position.num_embeddings
+                and int(mask.sum(1).max()) > self.position.num_embeddings
+            ):
+                raise ValueError(
+                    f"a history has {int(mask.sum(1).max())} valid items, more than max_length="
+                    f"{self.position.num_embeddings}"
+                )
+            keyed = history + self.position(rank)
         logits = self.attention(keyed).masked_fill(~mask[:, :, None], float("-inf"))  # [B, L, K]
         attn = torch.softmax(logits, dim=1).nan_to_num(0.0)
-        interests = torch.einsum("blk,bld->bkd", attn, history)
-        valid = mask.any(1, keepdim=True).expand(-1, self.num_interests)
+        valid = interests_supported(mask, self.num_interests)
+        interests = torch.einsum("blk,bld->bkd", attn, history) * valid[:, :, None]
         return interests, valid

@@ -1,0 +1,139 @@
+"""Pre-clustering training speed: seconds per epoch of ``configs/preclustering.yaml`` on the embedded data.
+
+    python benchmarks/preclustering_speed.py [--batches 8] [--config configs/preclustering.yaml]
+
+Builds the config's model and data, trains ``--batches`` batches (after one warm-up batch, no validation, no
+logging or checkpoints) and extrapolates to the epoch: ``median seconds per batch (end to end, input pipeline
+included) x batches per epoch``. Also times
+``ward_labels`` alone on the same batches' history embeddings. Limited batches: the epoch figure is an
+extrapolation, and the machine's load is recorded with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from _training import build_from_config, time_training
+
+from lightning_retrieval.models.interests.preclustering import PreClusteringInterests, ward_labels
+
+from _common import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ward_labels_recompute(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The previous implementation, kept as the reference: Ward distances of all pairs recomputed from the
+    centroids at every merge step (cdist of [B, L, L, D] per step).
+
+    Every step merges, for each user still above ``k`` clusters, the pair with the smallest Ward cost
+    ``n_a n_b / (n_a + n_b) |mu_a - mu_b|^2``. Loop over merge steps (at most L - k), never over users.
+    Returns cluster labels ``[B, L]`` (the index of the cluster's surviving slot; -1 for padding).
+    """
+    batch, length, _ = x.shape
+    sums, counts = x * mask[:, :, None], mask.float()
+    labels = torch.where(mask, torch.arange(length, device=x.device).expand(batch, -1), -1)
+    active = mask.clone()
+    eye = torch.eye(length, dtype=torch.bool, device=x.device)[None]
+    rows = torch.arange(batch, device=x.device)
+    for _ in range(max(length - k, 0)):
+        need = active.sum(1) > k
+        if not need.any():
+            break
+        mu = sums / counts.clamp(min=1)[:, :, None]
+        dist = torch.cdist(mu, mu).pow(2)
+        n_a, n_b = counts[:, :, None], counts[:, None, :]
+        cost = n_a * n_b / (n_a + n_b).clamp(min=1) * dist
+        pair_ok = active[:, :, None] & active[:, None, :] & ~eye
+        cost = cost.masked_fill(~pair_ok, float("inf")).flatten(1)
+        flat = cost.argmin(1)
+        a, b = flat // length, flat % length
+        a, b = torch.minimum(a, b), torch.maximum(a, b)
+        upd = need  # users that merge this step
+        sums[rows[upd], a[upd]] += sums[rows[upd], b[upd]]
+        counts[rows[upd], a[upd]] += counts[rows[upd], b[upd]]
+        counts[rows[upd], b[upd]] = 0
+        active[rows[upd], b[upd]] = False
+        moved = upd[:, None] & (labels == b[:, None])
+        labels = torch.where(moved, a[:, None].expand(-1, length), labels)
+    return labels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(ROOT / "configs" / "preclustering.yaml"))
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, data = build_from_config(args.config)
+    timing = time_training(model, data, args.batches)
+    per_batch, batches_per_epoch = timing["batch_seconds_median"], timing["batches_per_epoch"]
+    interests = next((m for m in model.modules() if isinstance(m, PreClusteringInterests)), None)
+    # Ward alone on history-shaped inputs: [batch, max_history, width], full histories (the worst case)
+    batch, length, width = data.batch_size, data.max_history, getattr(interests, "embedding_dim", 64)
+    k = getattr(interests, "num_interests", 4)
+    x = torch.randn(batch, length, width)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    best = {"lance_williams": float("inf"), "recompute": float("inf")}
+    for _ in range(args.repeats):  # interleaved, best of the rounds
+        for name, fn in (("lance_williams", ward_labels), ("recompute", ward_labels_recompute)):
+            start = time.perf_counter()
+            labels = fn(x, mask, k)
+            best[name] = min(best[name], time.perf_counter() - start)
+    same = bool(torch.equal(labels, ward_labels(x, mask, k)))
+    ward_seconds = best["lance_williams"]
+    load = os.getloadavg()[0]
+    payload = {
+        "config": os.path.relpath(args.config, ROOT),
+        "measured_batches": args.batches,
+        "seconds_per_batch_median": per_batch,
+        "batches_per_epoch": batches_per_epoch,
+        "epoch_seconds_extrapolated": per_batch * batches_per_epoch,
+        "ward_seconds_per_batch_full_histories": ward_seconds,
+        "previous_ward_seconds_per_batch_full_histories": best["recompute"],
+        "ward_speedup": best["recompute"] / ward_seconds,
+        "same_labels_as_previous": same,
+        "epoch_seconds_with_previous_ward_extrapolated": (per_batch + best["recompute"] - ward_seconds)
+        * batches_per_epoch,
+        "load_average_1min": load,
+        "torch_threads": torch.get_num_threads(),
+    }
+    md = "\n".join(
+        [
+            "# Pre-clustering (Ward, Lance-Williams) training speed",
+            "",
+            f"Command: `python benchmarks/preclustering_speed.py --batches {args.batches}"
+            + (f" --threads {args.threads}" if args.threads else "")
+            + f"` on "
+            f"`{payload['config']}` (batch {batch}, history {length}, width {width}, K={k}).",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| training batch end to end (input, forward, backward, step), median of {args.batches} (s) | "
+            f"{per_batch:.3f} |",
+            f"| batches per epoch | {batches_per_epoch} |",
+            f"| **epoch, extrapolated (s)** | **{per_batch * batches_per_epoch:.1f}** |",
+            f"| `ward_labels` alone, {batch} full histories of {length} (s) | {ward_seconds:.3f} |",
+            f"| previous Ward (all distances recomputed per merge), same input (s) | {best['recompute']:.3f} |",
+            f"| **Ward speed-up, side by side** | **{best['recompute'] / ward_seconds:.1f}x** (same labels: {same}) |",
+            f"| epoch with the previous Ward, extrapolated (s) | "
+            f"{payload['epoch_seconds_with_previous_ward_extrapolated']:.1f} |",
+            f"| 1-min load average while measuring (2 cores) | {load:.1f} |",
+            f"| torch threads | {torch.get_num_threads()} |",
+            "",
+            "Limited batches: the epoch time is an extrapolation (median batch x batches per epoch).",
+        ]
+    )
+    out = write_result("preclustering_speed", payload, md)
+    print(md, f"\nwritten: {out}", sep="\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Ward pre-clustering against scipy's ``linkage(method="ward")``: the same partition at every cut."""
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_retrieval.models.interests.preclustering import PreClusteringInterests, ward_labels
+
+hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+
+
+def same_partition(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    """True when the two label vectors group the points identically (labels may differ)."""
+    pairs = {(a, b) for a, b in zip(ours.tolist(), theirs.tolist())}
+    return len(pairs) == len(set(ours.tolist())) == len(set(theirs.tolist()))
+
+
+def scipy_cut(points: np.ndarray, k: int) -> np.ndarray:
+    if len(points) == 1:
+        return np.zeros(1, dtype=int)
+    return hierarchy.fcluster(hierarchy.linkage(points, method="ward"), k, criterion="maxclust")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ward_equals_scipy_linkage_at_every_cut(seed):
+    rng = np.random.default_rng(seed)
+    batch, length, dim = 6, 24, 5
+    centres = rng.normal(size=(4, dim)) * 3
+    x = centres[rng.integers(0, 4, size=(batch, length))] + rng.normal(size=(batch, length, dim))
+    lengths = np.array([24, 20, 13, 7, 3, 1])  # padded users, one shorter than some cuts
+    mask = np.arange(length)[None] < lengths[:, None]
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    for k in range(1, length + 1):
+        labels = ward_labels(xt, mt, k).numpy()
+        for u in range(batch):
+            n = lengths[u]
+            assert (labels[u, n:] == -1).all()
+            ours = labels[u, :n]
+            assert len(set(ours.tolist())) == min(k, n)
+            assert same_partition(ours, scipy_cut(x[u, :n], min(k, n))), (seed, k, u)
+
+
+def test_ward_ignores_padding_values():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(2, 10, 3)))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    noisy = x.clone()
+    noisy[1, 6:] = 1e6  # garbage in the padded slots must not change the clusters
+    np.testing.assert_array_equal(ward_labels(x, mask, 3).numpy(), ward_labels(noisy, mask, 3).numpy())
+
+
+def test_preclustering_forward_is_batch_independent():
+    rng = np.random.default_rng(4)
+    history = torch.from_numpy(rng.normal(size=(5, 12, 8)).astype(np.float32))
+    mask = torch.from_numpy(np.arange(12)[None] < np.array([12, 9, 4, 12, 2])[:, None])
+    module = PreClusteringInterests(8, num_interests=3, method="ward")
+    together, valid = module(history, mask)
+    for u in range(5):
+        alone, alone_valid = module(history[u : u + 1], mask[u : u + 1])
+        torch.testing.assert_close(alone[0], together[u])
+        assert alone_valid[0].tolist() == valid[u].tolist()
