@@ -213,8 +213,34 @@ class TorchrecShardedStrategy(DDPStrategy):
         fused = self._fused_optimizer()
         if fused is None:
             return {}
-        state = fused.state_dict()["state"]
-        return {p: {k: _full_tensor(v) for k, v in sorted(state[p].items())} for p in sorted(state)}
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
+        from torch.distributed.tensor import DTensor
+
+        # each process lists only the states of the shards it holds (table-wise: a table's state lives on its one
+        # process), so agree on the global list first, then assemble every tensor in the same order everywhere
+        local = {(p, k): v for p, entries in fused.state_dict()["state"].items() for k, v in entries.items()}
+        listed: list = [None] * dist.get_world_size()
+        dist.all_gather_object(listed, {key: (tuple(v.shape), v.dtype) for key, v in local.items()})
+        everywhere = set.intersection(*(set(m) for m in listed))
+        shapes = {key: meta for m in listed for key, meta in m.items()}
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for key in sorted(shapes):
+            value = local.get(key)
+            if key in everywhere and isinstance(value, DTensor):
+                full = value.full_tensor().cpu()
+            elif key in everywhere and not isinstance(value, ShardedTensor):
+                full = value.detach().cpu()  # replicated (data-parallel) state
+            else:  # disjoint shards: each process writes its own regions, a sum puts them together
+                shape, dtype = shapes[key]
+                full = torch.zeros(shape, dtype=dtype)
+                for shard in value.local_shards() if isinstance(value, ShardedTensor) else []:
+                    offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))] = shard.tensor.detach().cpu()
+                summed = full.cuda() if dist.get_backend() == "nccl" else full
+                dist.all_reduce(summed)
+                full = summed.cpu()
+            out.setdefault(key[0], {})[key[1]] = full
+        return out
 
     def load_fused_optimizer_state(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
         """Copy full optimizer-state tensors (from :meth:`fused_optimizer_state`) into this process's shards."""
