@@ -20,6 +20,22 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def quiet_trainer(tmp_path, callback, logger=False, **kw):
+    """A Trainer for in-process tests: one callback; no progress bar, checkpoints, sanity steps or summary."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        logger=logger,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
 def run_cli(*args: str, cwd, check: bool = True) -> subprocess.CompletedProcess:
     """``python -m lightning_retrieval ARGS`` in ``cwd`` with a clean environment; asserts success by default."""
     out = subprocess.run(

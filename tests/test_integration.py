@@ -14,23 +14,13 @@ from lightning_retrieval.data import MovieLensSource, RetrievalDataModule
 from lightning_retrieval.data.negatives import UniformNegativeSampler
 from lightning_retrieval.tasks import PopularityRetrieval, RetrievalTask
 
-from conftest import REPO, run_cli
+from conftest import REPO, quiet_trainer, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callback, loggers=False, **kw):
-    return pl.Trainer(
-        max_epochs=kw.pop("max_epochs", 2),
-        logger=loggers,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        enable_model_summary=False,
-        **kw,
-    )
+    return quiet_trainer(tmp_path, callback, loggers, max_epochs=kw.pop("max_epochs", 2), **kw)
 
 
 def test_two_tower_learns_and_beats_popularity_with_metrics_in_every_logger(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from lightning_retrieval.retrieval.index import ExactIndex
 from lightning_retrieval.statistics import bootstrap_mean
 from lightning_retrieval.tasks import PopularityRetrieval, RetrievalTask
 
+from conftest import quiet_trainer
+
 
 def _column_means(frame: pd.DataFrame, names) -> dict[str, float]:
     """The mean over each column's counted (non-NaN) rows, computed the way the evaluator averages."""
@@ -72,16 +74,7 @@ def test_masked_users_count_as_zero_for_accuracy_and_not_at_all_for_diversity(mo
 
 
 def _trainer(tmp_path, callback, **kw):
-    return pl.Trainer(
-        logger=CSVLogger(tmp_path, name="csv"),
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        enable_model_summary=False,
-        **kw,
-    )
+    return quiet_trainer(tmp_path, callback, CSVLogger(tmp_path, name="csv"), **kw)
 
 
 def test_fit_writes_the_last_validation_and_test_writes_its_own(movielens_dm, tmp_path):
