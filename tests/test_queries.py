@@ -317,3 +317,26 @@ def test_interest_routing_mass_becomes_the_query_weights(movielens_dm):
     if mass is None:
         pytest.skip("this interest module reports no routing mass")
     assert queries.weights is not None and torch.equal(queries.weights, mass)
+
+
+def test_condition_draws_follow_the_run_seed_and_replay_per_batch(monkeypatch):
+    """Topic conditions drawn in training follow --seed_everything (through the data seed) and the batch key:
+    the same seed gives the same draws whatever the module's history; another seed or epoch gives others."""
+
+    def conditions(global_seed: int, epoch: int = 0, warm_up: int = 0) -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(global_seed))
+        dm = RetrievalDataModule(source=MovieLensSource(), max_history=20, batch_size=512, eval_batch_size=64)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        batch = next(iter(loader))
+        queries = TopicConditionQueries(16, dm.feature_spec)
+        for _ in range(warm_up):  # draws on other batches must not shift this batch's draws
+            queries.training_conditions(batch)
+        return queries.training_conditions(batch)
+
+    first = conditions(0)
+    assert (first >= 0).float().mean() > 0.9  # nearly every MovieLens item has a genre
+    assert torch.equal(first, conditions(0, warm_up=3))
+    assert not torch.equal(first, conditions(1))
+    assert not torch.equal(first, conditions(0, epoch=1))

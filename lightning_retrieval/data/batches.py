@@ -6,7 +6,9 @@ Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
     followed_topics [B, T] (multi-hot, when the users table has a followed-topics column), side features
     user_feature_<name> / user_feature_<name>_lengths (flattened bags; item_feature_<name>, neg_item_feature_<name>),
     item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
-    optional neg_item [M] (+ neg_ features) and neg_log_q [M], eval_row [B] for evaluation batches.
+    optional neg_item [M] (+ neg_ features) and neg_log_q [M], batch_key [3] = (seed, epoch, first position) for
+    training batches (seeds the model's own random draws: ``epoch_seeds.stream_generator``), eval_row [B] for
+    evaluation batches.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class TrainingExamples(Dataset):
         batch = self.builder.user_features(users, idx)
         batch.update(self.builder.item_features(targets))
         batch["item_log_q"] = self.builder.item_log_q[targets]
+        batch["batch_key"] = torch.tensor([self.seed, self.epoch, positions[0]], dtype=torch.long)
         if self.sampler is not None:
             generator = batch_generator(self.seed, self.epoch, positions[0])
             neg, neg_log_q = self.sampler.sample(self.builder.item_counts, generator)

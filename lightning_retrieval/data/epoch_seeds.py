@@ -23,6 +23,20 @@ def batch_generator(seed: int, epoch: int, key: int) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, key))
 
 
+def stream_generator(batch_key: torch.Tensor, stream: int) -> torch.Generator:
+    """A CPU generator for one more random stream of a training batch (e.g. the model's condition draws).
+
+    ``batch_key [3]`` is the batch's ``(seed, epoch, first position)`` (``batch["batch_key"]``); ``stream`` tells
+    apart the streams drawn for the same batch. Follows the data seed (hence ``--seed_everything``) and replays on
+    resume like the corpus negatives.
+    """
+    seed, epoch, position = (int(v) for v in batch_key.tolist())
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, position, int(stream) & 0xFFFFFFFF]).generate_state(
+        2, np.uint32
+    )
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
 class EpochSampler(DistributedSampler):
     """The training order of epoch ``e``: a permutation seeded by ``seed + e`` (or the input order without
     ``shuffle``), sharded over ``num_replicas`` ranks; ``set_epoch`` (Lightning calls it at every epoch start,

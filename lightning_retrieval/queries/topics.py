@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_retrieval.data.epoch_seeds import stream_generator
 from lightning_retrieval.models.conditions.base import ConditionExtractor
 from lightning_retrieval.models.conditions.topics import UniformTopicCondition
 from lightning_retrieval.queries.base import HistoryField, QueryLoss, UserQueries, UserQueryModule, check_history_field
 from lightning_retrieval.registry import register
+
+_CONDITION_STREAM = 1 << 20  # stream id of the condition draws (the corpus negatives use batch_generator)
 
 
 class ConditionTable(nn.Module):
@@ -36,14 +39,18 @@ class ConditionTable(nn.Module):
 class TopicConditionQueries(UserQueryModule):
     """``φ(u, c)`` with a topic ``c`` as one more user-tower field (early fusion).
 
-    Training: the condition is extracted from the target (``uniform_topic``: one of its topics, drawn with a
-    generator seeded by ``condition_seed``). Serving: one query per serving condition of the extractor (the
-    user's inferred top topics, or the topics they follow), weighted by the extractor; users without topics get
-    one unconditioned query. Explicit (user, topic) queries: :meth:`topic_queries`.
+    Training: the condition is extracted from the target (``uniform_topic``: one of its topics). The draws of a
+    training batch come from a generator keyed by the batch's ``batch_key`` (data seed, epoch, position) and
+    ``condition_seed``, so they follow ``--seed_everything`` (through the data seed) and replay on resume; batches
+    without a key (built by hand) draw from the module's own generator seeded by ``condition_seed``.
+    Serving: one query per serving condition of the extractor (the user's inferred top topics, or the topics they
+    follow), weighted by the extractor; users without topics get one unconditioned query.
+    Explicit (user, topic) queries: :meth:`topic_queries`.
 
     Args:
         condition: condition extractor (registry ``conditions``), default ``uniform_topic``.
-        condition_seed: seed of the training-condition draws.
+        condition_seed: stream of the training-condition draws, mixed with the batch key (changing it changes
+            the draws of every batch; the run seed changes them too).
         history_field: ``keep`` (default: pooled history, then the topic) or ``replace``.
     """
 
@@ -63,7 +70,8 @@ class TopicConditionQueries(UserQueryModule):
         if not isinstance(self.condition, ConditionExtractor):
             raise TypeError(f"condition must be a ConditionExtractor, got {type(self.condition).__name__}")
         self.conditions = ConditionTable(int(self.feature_spec.get("num_topics", 0)), embedding_dim)
-        self.generator = torch.Generator().manual_seed(condition_seed)
+        self.condition_seed = int(condition_seed)
+        self.generator = torch.Generator().manual_seed(self.condition_seed)
 
     def conditioned(self, encoder, batch, topics: torch.Tensor) -> torch.Tensor:
         """User vectors ``[B, C, D_out]`` for topic conditions ``topics [B, C]`` (-1: none)."""
@@ -82,7 +90,9 @@ class TopicConditionQueries(UserQueryModule):
 
     def training_conditions(self, batch) -> torch.Tensor:
         """``[B]`` condition per target (a topic of the target item, -1 if it has none)."""
-        topics = self.condition.training_conditions(batch["item_topics"], batch["item_topic_lengths"], self.generator)
+        key = batch.get("batch_key")
+        generator = self.generator if key is None else stream_generator(key, _CONDITION_STREAM + self.condition_seed)
+        topics = self.condition.training_conditions(batch["item_topics"], batch["item_topic_lengths"], generator)
         return topics.to(batch["user"].device)
 
     def training_losses(self, encoder, batch, items) -> list[QueryLoss]:
