@@ -105,3 +105,18 @@ def test_bad_input_is_reported():
         bootstrap_mean(np.full(5, np.nan))
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_mean(np.zeros(5), confidence=95)
+
+
+def test_p_value_accounts_for_seed_variance():
+    """Every user gains the same small amount on average, but the seeds disagree far more than that: the
+    per-user permutation test alone would call it certain; the p-value must not, and agree with the interval."""
+    rng = np.random.default_rng(8)
+    users = rng.random(610)
+    b = np.stack([users + rng.normal(0, 0.01, 610) for _ in range(3)])
+    a = np.stack([users + 0.01 + shift + rng.normal(0, 0.01, 610) for shift in (-0.2, 0.0, 0.23)])
+    result = paired_difference(a, b)
+    assert result.low < 0 < result.high
+    assert result.p_value >= 0.05 and not result.significant
+    # the same gain with seeds that agree is found
+    steady = np.stack([users + 0.01 + rng.normal(0, 0.01, 610) for _ in range(3)])
+    assert paired_difference(steady, b).significant
