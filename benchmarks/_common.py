@@ -36,6 +36,16 @@ def machine() -> dict:
     }
 
 
+def one_thread() -> None:
+    """One torch and FAISS thread in this process and in the processes it starts (``OMP_NUM_THREADS=1``)."""
+    import faiss
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+
+
 def write_result(name: str, payload: dict, markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **payload}

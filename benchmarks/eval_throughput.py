@@ -4,6 +4,8 @@
 
 Per scale, every contender runs on the same user and item vectors, interleaved (one round = each contender
 once), best of ``repeats`` rounds; the headline is the ratio to the bare matmul measured in the same rounds.
+Seconds are this process's CPU time with one thread (``OMP_NUM_THREADS=1``, set here): on a machine shared
+with other work, wall time would also count the wait for a core.
 
 - bare: ``torch.topk(users @ items.T, 100)`` in user blocks (no seen-item exclusion, no metrics): the floor.
 - ours, full protocol: index build + ``RetrievalEvaluator.evaluate`` with the default metrics (recall, NDCG,
@@ -28,7 +30,7 @@ import torch
 from lightning_retrieval.data.preparation import CSR
 from lightning_retrieval.retrieval import ExactIndex, RetrievalEvaluator, TorchExactIndex
 
-from _common import write_result
+from _common import one_thread, write_result
 
 DEPTH = 100
 KS = [10, 20, 50, 100]
@@ -103,9 +105,9 @@ def measure(runs: dict, repeats: int) -> dict[str, float]:
         run()
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start = time.process_time()
             run()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], time.process_time() - start)
     return best
 
 
@@ -116,6 +118,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
     args = ap.parse_args()
+    one_thread()
     scales, repeats = args.scales.split(","), [int(r) for r in args.repeats.split(",")]
     repeats += [repeats[-1]] * (len(scales) - len(repeats))
     evaluator = RetrievalEvaluator(ks=KS)
@@ -155,7 +158,8 @@ def main() -> None:
         "# Evaluation throughput: full protocol vs bare matmul + top-k",
         "",
         f"Command: `python benchmarks/eval_throughput.py --scales {args.scales} --repeats {args.repeats}`. "
-        "Every contender on the same vectors, interleaved rounds, best of the rounds; 64-d, top-100.",
+        "Every contender on the same vectors, interleaved rounds, best of the rounds; 64-d, top-100; seconds of "
+        "process CPU time, one thread.",
         "",
         "| users x items | contender | seconds | / bare | RecBole full sort (s) |",
         "|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 """GPU throughput: two-tower training examples/s and evaluation users/s on the device this runs on.
 
-    python benchmarks/gpu_throughput.py [--config configs/two_tower.yaml] [--batch-size 8192] [--batches 20]
+    python benchmarks/gpu_throughput.py [--config configs/two_tower_logq_8192.yaml] [--batch-size 8192] [--batches 20]
 
 Runs on a GPU when torch sees one, otherwise on the CPU with smaller defaults, and says which in the result.
 Training: the config's model and data (``--data.batch_size`` overridden), ``--batches`` batches after a warm-up;
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     gpu = torch.cuda.is_available()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(ROOT / "configs" / "two_tower.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "two_tower_logq_8192.yaml"))
     ap.add_argument("--batch-size", type=int, default=8192 if gpu else 512)
     ap.add_argument("--batches", type=int, default=20 if gpu else 8)
     ap.add_argument("--users", type=int, default=100_000 if gpu else 5_000)

@@ -92,9 +92,56 @@ def run_model(name: str, args, split) -> dict:
     }
 
 
+class TimedBatches:
+    """Yields the first ``count`` batches of ``loader`` and the seconds on ``clock`` between consecutive batches
+    (a training step plus building the next batch)."""
+
+    def __init__(self, loader, count: int, clock=time.perf_counter):
+        self.loader, self.count, self.clock, self.seconds = loader, count, clock, []
+
+    def __iter__(self):
+        last = None
+        for i, batch in enumerate(self.loader):
+            now = self.clock()
+            if last is not None:
+                self.seconds.append(now - last)
+            if i == self.count:
+                return
+            last = now
+            yield batch
+
+
+def batch_throughput(name: str, args, split) -> dict:
+    """Median seconds per batch over ``--batches`` batches after a warm-up batch (``training_throughput.py``)."""
+    from torch_rechub.trainers import MatchTrainer
+    from torch_rechub.utils.data import TorchDataset
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    num_users, num_items = int(split["num_users"]), int(split["num_items"])
+    model = build_model(name, num_users, num_items, args.dim, int(split["max_history"]), args.temperature)
+    trainer = MatchTrainer(model, mode=2, optimizer_params={"lr": 1e-3, "weight_decay": 0.0}, device="cpu")
+    examples = len(split["train_item"])
+    x = {
+        "user_id": split["train_user"],
+        "hist_item_id": split["train_history"],
+        "item_id": split["train_item"] + 1,
+        "neg_items": rng.integers(1, num_items + 1, size=(examples, args.negatives)),
+    }
+    loader = torch.utils.data.DataLoader(
+        TorchDataset(x, np.zeros(examples, dtype=np.int64)), batch_size=args.batch_size, shuffle=True
+    )
+    timed = TimedBatches(loader, args.batches + 1, time.process_time if args.clock == "cpu" else time.perf_counter)
+    trainer.train_one_epoch(timed, log_interval=10**9)
+    steady = sorted(timed.seconds[1:])
+    return {"model": name, "batch_size": args.batch_size, "batch_seconds_median": steady[len(steady) // 2]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="YoutubeDNN,ComiRec-SA,MIND")
+    ap.add_argument("--batches", type=int, default=0, help="time this many batches per model instead of epochs")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="--batches: wall or process CPU time")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--dim", type=int, default=64)
@@ -102,6 +149,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.05)
     args = ap.parse_args()
     split = dict(np.load(WORK / "split.npz"))
+    if args.batches:
+        print(json.dumps([batch_throughput(name, args, split) for name in args.models.split(",")]))
+        return
     results = [run_model(name, args, split) for name in args.models.split(",")]
     (WORK / "rechub.json").write_text(json.dumps(results, indent=2))
     for r in results:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lightning_retrieval.data.epoch_seeds import batch_generator
 from lightning_retrieval.data.features import SideFeatureBags, SideFeatures
 from lightning_retrieval.data.negatives import NegativeSampler
 from lightning_retrieval.data.preparation import EvaluationSet, PreparedData
+
+DENSE_TOPIC_TABLE_MAX = 2**24  # floats of the [items, topics] count table behind history_topic_counts (64 MiB)
 
 
 class BatchBuilder:
@@ -41,6 +44,7 @@ class BatchBuilder:
         self.user_dense = torch.from_numpy(data.user_dense)
         self.item_counts = item_counts
         self.num_topics = data.num_topics
+        self.item_topic_table = self._item_topic_table(data)
         side_features = side_features if side_features is not None else SideFeatures()
         self.user_side, self.item_side = SideFeatureBags(side_features.users), SideFeatureBags(side_features.items)
         followed = np.zeros((data.num_users, data.num_topics), dtype=np.float32)
@@ -87,8 +91,24 @@ class BatchBuilder:
             **self.user_side(users, "user"),
         }
 
+    @staticmethod
+    def _item_topic_table(data: PreparedData) -> torch.Tensor | None:
+        """``[items, T]`` how often each topic is listed for each item, when it fits ``DENSE_TOPIC_TABLE_MAX``."""
+        topics = data.item_topics
+        if data.num_topics == 0 or topics.num_rows * data.num_topics > DENSE_TOPIC_TABLE_MAX:
+            return None
+        table = np.zeros((topics.num_rows, data.num_topics), dtype=np.float32)
+        np.add.at(table, (topics.row_ids(), topics.values), 1.0)
+        return torch.from_numpy(table)
+
     def topic_counts(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` how often each topic occurs among the (windowed) history items."""
+        """``[B, T]`` how often each topic occurs among the (windowed) history items.
+
+        With the dense item-topic table: one weighted ``embedding_bag`` sum over the ``[B, L]`` history (padding
+        weighs 0; small integer counts, exact in float32); otherwise a scatter of the flattened topic lists."""
+        if self.item_topic_table is not None:
+            weights = mask.to(self.item_topic_table.dtype)
+            return F.embedding_bag(history, self.item_topic_table, mode="sum", per_sample_weights=weights)
         rows = torch.arange(history.shape[0]).repeat_interleave(mask.sum(1))
         topics, lengths = self.topics_of(history[mask])
         counts = torch.zeros(history.shape[0], self.num_topics)

@@ -110,20 +110,50 @@ class IdEmbeddings(nn.Module):
     def forward(self, bags: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> dict[str, torch.Tensor]:
         """``{feature: (values [nnz], lengths [B])}`` -> ``{feature: [B, D]}`` for the features given.
 
-        Features not given are passed as empty bags; ids outside a table raise an error naming the feature.
+        Only the features given are looked up; an unknown feature or ids outside a table raise an error naming
+        the feature.
         """
         if not bags:
             raise ValueError(f"no features given; known features: {self.feature_names}")
-        device = next(iter(bags.values()))[0].device  # the tables may be sharded: no weight to ask
+        unknown = [name for name in bags if name not in self.table_of]
+        if unknown:
+            raise KeyError(f"unknown features {unknown}; known features: {self.feature_names}")
+        tables = self._plain_tables()
+        pooled = self._pool_collection(bags, batch_size) if tables is None else self._pool(tables, bags, batch_size)
+        return {name: self.dropout(pooled[name]) for name in bags}
+
+    def _pool(
+        self, tables: nn.ModuleDict, bags: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        """Unsharded tables: one mean ``embedding_bag`` per table over the given features' bags, stacked.
+
+        What the collection computes, without its per-feature lookups: it pools every feature of every table,
+        absent ones as empty bags, and each lookup's backward writes a dense ``[rows, D]`` gradient (6 of the
+        item table per two-tower step)."""
+        by_table: dict[str, list[str]] = {}
+        for name in bags:
+            by_table.setdefault(self.table_of[name], []).append(name)
+        pooled = {}
+        for table, names in by_table.items():
+            values, lengths = zip(*(self._checked_bag(name, bags[name], batch_size) for name in names))
+            lengths = torch.cat(lengths)
+            offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+            weight = tables[table].weight
+            out = F.embedding_bag(torch.cat(values), weight, offsets, mode="mean", include_last_offset=True)
+            pooled.update(zip(names, out.split(batch_size)))
+        return pooled
+
+    def _pool_collection(
+        self, bags: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        """Sharded tables: the torchrec collection's lookup, which takes every feature (absent ones empty)."""
+        device = next(iter(bags.values()))[0].device  # the tables are sharded: no weight to ask
         values, lengths = [], []
         for name in self.feature_names:
             if name in bags:
-                v, n = bags[name]
-                self._check_ids(name, v)
-                if n.numel() != batch_size:
-                    raise ValueError(f"feature {name!r}: {n.numel()} bags for a batch of {batch_size}")
-                values.append(v.long())
-                lengths.append(n.long())
+                v, n = self._checked_bag(name, bags[name], batch_size)
+                values.append(v)
+                lengths.append(n)
             else:
                 lengths.append(torch.zeros(batch_size, dtype=torch.long, device=device))
         from torchrec import KeyedJaggedTensor
@@ -133,8 +163,7 @@ class IdEmbeddings(nn.Module):
             values=torch.cat(values) if values else torch.zeros(0, dtype=torch.long, device=device),
             lengths=torch.cat(lengths),
         )
-        pooled = self.collection(kjt).to_dict()
-        return {name: self.dropout(pooled[name]) for name in bags}
+        return self.collection(kjt).to_dict()
 
     def sequence(self, feature: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-position embeddings ``[B, L, D]`` of ``ids [B, L]`` from ``feature``'s table, zeros where ``mask``
@@ -154,9 +183,22 @@ class IdEmbeddings(nn.Module):
         return self.dropout(F.embedding(ids.masked_fill(~mask, 0), weight) * mask[..., None])
 
     def _plain_tables(self) -> nn.ModuleDict | None:
-        """The tables by name while the collection is a plain ``EmbeddingBagCollection``; None once sharded."""
-        bags = getattr(self.collection, "embedding_bags", None)
-        return bags if isinstance(bags, nn.ModuleDict) else None
+        """The tables by name while the collection is a plain ``EmbeddingBagCollection``; None once sharded (a
+        ``ShardedEmbeddingBagCollection`` also has an ``embedding_bags`` dict, but its tables train only through
+        its own lookup and fused optimizer)."""
+        from torchrec import EmbeddingBagCollection
+
+        return self.collection.embedding_bags if isinstance(self.collection, EmbeddingBagCollection) else None
+
+    def _checked_bag(
+        self, name: str, bag: tuple[torch.Tensor, torch.Tensor], batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, lengths)`` of feature ``name`` as int64, after checking ids and the number of bags."""
+        values, lengths = bag
+        self._check_ids(name, values)
+        if lengths.numel() != batch_size:
+            raise ValueError(f"feature {name!r}: {lengths.numel()} bags for a batch of {batch_size}")
+        return values.long(), lengths.long()
 
     def _check_ids(self, name: str, ids: torch.Tensor) -> None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.bounds[name]):

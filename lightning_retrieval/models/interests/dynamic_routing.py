@@ -40,6 +40,8 @@ class DynamicRoutingInterests(InterestModule):
             ``K_u`` are invalid. In any case slot ``k`` is invalid for users with ``n_u <= k`` items.
     """
 
+    exposes_routing = True
+
     def __init__(
         self,
         embedding_dim: int,
@@ -89,18 +91,42 @@ class DynamicRoutingInterests(InterestModule):
         max_length = self.initial_logits.shape[0]
         if history.shape[1] > max_length and int(n.max()) > max_length:
             raise ValueError(f"a history has {int(n.max())} valid items, more than max_length={max_length}")
-        se = torch.einsum("ked,bld->blke", self.S, history)  # [B, L, K or 1, D]
-        se = se.expand(-1, -1, self.num_interests, -1)  # shared map: the same S e_l for every capsule
-        logits = self.initial_logits[recency_rank(mask)]  # [B, L, K]
-        keep = mask[:, :, None].to(history.dtype)
+        se = self.mapped_history(history)  # [B, K, L, D], or [B, L, D] for a shared map
+        logits = self.initial_logits[recency_rank(mask)].transpose(1, 2)  # [B, K, L]
+        keep = mask[:, None, :].to(history.dtype)
         for step in range(self.iterations):
-            weights = torch.softmax(logits, dim=-1) * keep  # padding feeds no capsule
-            capsules = squash(torch.einsum("blk,blkd->bkd", weights, se))
+            weights = torch.softmax(logits, dim=1) * keep  # over capsules; padding feeds no capsule
+            capsules = squash(self._pool(weights, se))
             if step < self.iterations - 1:  # routing logits carry no gradient (as in MIND/ComiRec)
-                logits = logits + torch.einsum("bkd,blkd->blk", capsules, se).detach()
+                logits = logits + self._agreement(capsules, se).detach()
         valid = interests_supported(mask, self.num_interests)
         if self.adaptive_k:
             k_user = torch.clamp(torch.floor(torch.log2(n.clamp(min=1).float())), 1, self.num_interests).long()
             valid &= torch.arange(self.num_interests, device=n.device)[None] < k_user[:, None]
-        self.routing_mass = (weights.sum(1) * valid).detach()  # [B, K] Σ_l w_lk of the last iteration
+        self.routing = weights  # [B, K, L] coupling of the last iteration, for routing regularisers
+        self.routing_mass = (weights.sum(2) * valid).detach()  # [B, K] Σ_l w_lk of the last iteration
         return capsules * valid[:, :, None], valid
+
+    def mapped_history(self, history: torch.Tensor) -> torch.Tensor:
+        """``S_k e_l``: ``[B, K, L, D]`` for per-interest maps, ``[B, L, D]`` for one shared map.
+
+        One ``[B*L, D] x [D, K*D]`` product, laid out so the routing products below are batched matmuls over
+        ``B*K`` without copies (an einsum over ``[B, L, K, D]`` copied it at every iteration)."""
+        b, length, d = history.shape
+        maps = self.S.shape[0]
+        se = (history.reshape(b * length, d) @ self.S.reshape(maps * d, d).T).view(b, length, maps, d)
+        return se[:, :, 0] if maps == 1 else se.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def _pool(weights: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+        """``Σ_l w_kl S_k e_l``: weights ``[B, K, L]`` -> ``[B, K, D]``."""
+        if se.dim() == 3:
+            return torch.bmm(weights, se)
+        return (weights[:, :, None] @ se).squeeze(2)
+
+    @staticmethod
+    def _agreement(capsules: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+        """``c_k · S_k e_l``: capsules ``[B, K, D]`` -> ``[B, K, L]``."""
+        if se.dim() == 3:
+            return torch.bmm(capsules, se.transpose(1, 2))
+        return (se @ capsules[..., None]).squeeze(-1)
