@@ -17,6 +17,7 @@ import torch
 from lightning_retrieval.cli import RetrievalCLI, main, prepare_registry
 from lightning_retrieval.data.datamodule import RetrievalDataModule
 from lightning_retrieval.errors import CheckpointError
+from lightning_retrieval.registry import resolve
 from lightning_retrieval.serving import ArtefactError, Retriever
 from lightning_retrieval.serving.index_io import load_index, save_index
 from lightning_retrieval.serving.manifest import MANIFEST_FILE, USER_STATE_FILE, ServingRequestError
@@ -143,7 +144,7 @@ def test_exported_top_k_equals_evaluation_top_k(exported, kind, tmp_path):
     if kind == "multi_interest":
         assert manifest["serving_rule"] == "log2"
         batch, _ = retriever.user_batch(histories[:64], {"user_id": users[:64]})
-        _, valid = retriever.user_side.queries(batch)
+        _, valid, _ = retriever.user_side.queries(batch)
         assert valid.shape[1] == 4 and (valid.sum(1) > 1).any()  # several queries merged for some users
 
 
@@ -357,3 +358,20 @@ def test_export_refuses_a_checkpoint_of_another_model(exported, tmp_path):
     with pytest.raises(CheckpointError, match="does not match the configured model"):
         export_from_config([str(dcm_config)], str(two_tower_ckpt), tmp_path / "r")
     assert not (tmp_path / "r" / MANIFEST_FILE).exists()
+
+
+@pytest.mark.slow
+def test_routing_mass_budget_serves_like_the_evaluation(exported, tmp_path):
+    """A multi-interest export served with the ``weighted_budget`` merger gets the model's query weights (DCM's
+    routing mass) and answers exactly as the evaluation with that merger on the same checkpoint."""
+    out, _, dm, config, ckpt, _ = exported("multi_interest")
+    budget_config = tmp_path / "budget.yaml"
+    budget_config.write_text(config.read_text().replace("class_path: round_robin", "class_path: weighted_budget"))
+    result, _, _ = evaluator_lists(budget_config, ckpt)
+    retriever = Retriever.load(out)
+    retriever.merger = resolve("mergers", "weighted_budget")()
+    histories, users = histories_of_test_users(dm)
+    recs = retriever.recommend(histories, K, user_features={"user_id": users})
+    np.testing.assert_array_equal(recs.item_rows, result.lists.items[:, :K])
+    round_robin = Retriever.load(out).recommend(histories, K, user_features={"user_id": users})
+    assert (recs.item_rows != round_robin.item_rows).any(1).mean() > 0.05  # the weights change the lists

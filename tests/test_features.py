@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -243,9 +244,86 @@ def test_embedded_movielens_item_side_features():
     side = MovieLensSource(item_side_features=True).side_features()
     items = side.items.set_index("item_id")
     assert items.loc[1, "decade"] == "1990s"  # Toy Story (1995)
-    assert items.loc[1, "tags"] == ["fun", "pixar"]  # tags.csv, lower-cased, distinct, sorted
+    assert "tags" not in items.columns  # tags are timed events, filtered by the split before they become a column
+    toy_story = side.item_events["tags"].query("item_id == 1")
+    assert sorted(set(toy_story["value"])) == ["fun", "pixar"]  # tags.csv, lower-cased
     assert [s.feature_name for s in side.item_specs] == ["decade", "tags"] and side.item_specs[1].multi_valued
     assert MovieLensSource().side_features() is None
+
+
+# ---- timed item values (tags): only those applied inside the training part of the split ----
+
+
+def _timed_tags(split: str, **split_args):
+    """Users a (times 1..4) and b (times 10..13), one test and one validation item each; tags by a, b and an
+    unknown user c at chosen times. Returns the encoded ``tags`` bags by item id and the feature report."""
+    from lightning_retrieval.data.features import RawSideFeatures, prepare_side_features
+    from lightning_retrieval.data.preparation import prepare
+    from lightning_retrieval.data.schema import RawInteractions
+
+    inter = pd.DataFrame(
+        {
+            "user_id": ["a"] * 4 + ["b"] * 4,
+            "item_id": [1, 2, 3, 4, 1, 2, 3, 4],
+            "timestamp": [1, 2, 3, 4, 10, 11, 12, 13],
+        }
+    )
+    data = prepare(RawInteractions(inter, name="toy"), split=split, **split_args)
+    events = pd.DataFrame(
+        {
+            "item_id": [1, 2, 3, 1, 2, 4],
+            "user_id": ["a", "a", "a", "b", "b", "c"],
+            "timestamp": [2.5, 3.0, 9.0, 11.0, 12.0, 1.0],
+            "value": ["early", "at_target", "after_target", "b_training", "b_target", "nobody"],
+        }
+    )
+    raw = RawSideFeatures(
+        items=pd.DataFrame({"item_id": [1, 2, 3, 4]}),
+        item_specs=[SideFeatureSpec("tags", multi_valued=True)],
+        item_events={"tags": events},
+    )
+    tags = prepare_side_features(raw, data).items["tags"]
+    vocab = np.concatenate([[None], tags.vocabulary])
+    bags = {int(i): sorted(v for v in vocab[tags.ids.row(r)] if v) for r, i in enumerate(data.item_ids)}
+    return bags, tags.report
+
+
+def test_leave_last_out_keeps_tags_applied_before_the_users_first_held_out_interaction():
+    bags, report = _timed_tags("leave_last_out")
+    # a's first target is at t=3 (validation), b's at t=12: a tag at or after it is evaluation-window data.
+    # b's tag at t=11 stays although a's targets are earlier: the split is per user, so are the tags
+    assert bags == {1: ["b_training", "early"], 2: [], 3: [], 4: []}
+    assert (report["events_kept"], report["events_after_training"], report["events_of_unknown_users"]) == (2, 3, 1)
+
+
+def test_global_time_keeps_only_tags_before_the_validation_cut():
+    bags, report = _timed_tags("global_time", val_time=9.5, test_time=12.5)
+    # one cut for everyone: a's tag at t=9 is in (a has no targets), b's at t=11 is out
+    assert bags == {1: ["early"], 2: ["at_target"], 3: ["after_target"], 4: []}
+    assert (report["events_kept"], report["events_after_training"]) == (3, 2)
+
+
+def test_embedded_movielens_tags_come_only_from_each_taggers_training_part():
+    from lightning_retrieval.data.datamodule import RetrievalDataModule
+    from lightning_retrieval.data.sources import MovieLensSource, embedded_movielens_path
+
+    dm = RetrievalDataModule(MovieLensSource(item_side_features=True), split="leave_last_out")
+    tags = dm.side_features.items["tags"]
+    # an independent oracle: with one validation and one test item, a user's first held-out interaction is the
+    # second-latest rating (ties broken either way give the same time)
+    root = embedded_movielens_path()
+    ratings = pd.read_csv(root / "ratings.csv")
+    first_target = ratings.groupby("userId")["timestamp"].agg(lambda t: np.sort(t.to_numpy())[-2])
+    raw = pd.read_csv(root / "tags.csv")
+    allowed = raw["timestamp"].to_numpy() < first_target.reindex(raw["userId"]).to_numpy()
+    assert 0 < (~allowed).sum() == tags.report["events_after_training"]  # some tags are left out
+    kept = raw[allowed].assign(tag=raw["tag"].str.strip().str.lower())
+    vocab = pd.Index(tags.vocabulary)
+    rows = pd.Index(dm.data.item_ids).get_indexer(kept["movieId"])
+    codes = vocab.get_indexer(kept["tag"]) + 1
+    expected = {(int(r), int(c)) for r, c in zip(rows, codes) if c > 0}
+    encoded = {(r, int(v)) for r in range(tags.ids.num_rows) for v in tags.ids.row(r) if v > 0}
+    assert encoded == expected
 
 
 def test_interactions_file_side_feature_errors_name_the_column(side_feature_files):
@@ -262,3 +340,48 @@ def test_interactions_file_side_feature_errors_name_the_column(side_feature_file
             **base, items_path=paths["items"], item_categorical_columns=["decade"], hash_buckets={"lang": 4}
         ).side_features()
     assert InteractionsFileSource(**base).side_features() is None
+
+
+# ---- the committed crossing configs: the item tower sees the MovieLens side features as fields ----
+
+CROSSING_CONFIGS = ["mlp_features", "masknet", "dhen", "transformer", "dcnv2"]
+
+
+def test_crossing_configs_feed_the_side_features_to_their_towers_as_fields():
+    import yaml
+
+    from lightning_retrieval.cli import prepare_registry
+    from lightning_retrieval.data.datamodule import RetrievalDataModule
+    from lightning_retrieval.registry import resolve
+    from lightning_retrieval.serving.user_side import build_model
+
+    prepare_registry()
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    data = yaml.safe_load((configs / "base" / "data_features.yaml").read_text())
+    source = data.pop("source")
+    assert source == {"class_path": "movielens", "init_args": {"item_side_features": True}}
+    dm = RetrievalDataModule(resolve("datasets", "movielens")(**source["init_args"]), **{**data, "batch_size": 32})
+    batch = next(iter(dm.train_dataloader()))
+    side = dm.side_features.items
+    decade = torch.as_tensor(side["decade"].ids.values)[batch["item"]]
+    tags = [torch.as_tensor(side["tags"].ids.row(int(i))) for i in batch["item"]]
+    for name in CROSSING_CONFIGS:
+        config = yaml.safe_load((configs / f"{name}.yaml").read_text())
+        assert config["data"] == "base/data_features.yaml", name
+        model_config = config["model"]
+        model_config["init_args"]["feature_spec"] = dm.feature_spec
+        torch.manual_seed(0)
+        model = build_model(model_config, name)
+        seen: dict[str, torch.Tensor] = {}
+        for tower in ("user_tower", "item_tower"):
+            getattr(model, tower).register_forward_pre_hook(
+                lambda module, args, tower=tower, seen=seen: seen.setdefault(tower, args[0].detach())
+            )
+        model.loss_terms(batch)
+        b = len(batch["user"])
+        assert seen["user_tower"].shape == (b, 2, 64), name  # user id, history (MovieLens has no user features)
+        assert seen["item_tower"].shape == (b, 4, 64), name  # item id, genres, decade, tags
+        fields = seen["item_tower"]
+        assert torch.allclose(fields[:, 2], model.embeddings.table("item_feature_decade").detach()[decade]), name
+        pooled = torch.stack([model.embeddings.table("item_feature_tags").detach()[t].mean(0) for t in tags])
+        assert torch.allclose(fields[:, 3], pooled, atol=1e-6), name

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from lightning_retrieval.arrays import CSR
-from lightning_retrieval.data.preparation import TRAIN, PreparedData
+from lightning_retrieval.data.preparation import TEST, TRAIN, VAL, PreparedData
 from lightning_retrieval.data.schema import DataValidationError
 from lightning_retrieval.errors import ConfigError
 
@@ -71,12 +71,63 @@ class SideFeatureSpec:
 @dataclass
 class RawSideFeatures:
     """Side-feature columns a source offers: tables keyed by the original ``user_id`` / ``item_id`` and the specs
-    of the columns to encode (returned by ``InteractionSource.side_features()``)."""
+    of the columns to encode (returned by ``InteractionSource.side_features()``).
+
+    ``item_events`` holds multi-valued item columns that users *applied* at known times (e.g. MovieLens tags):
+    ``{column: events}`` with one row per ``(item_id, user_id, timestamp [s], value)``. Only the events in the
+    training part of the split become the column (:func:`training_time_limits`); the items table must not hold
+    the column itself.
+    """
 
     users: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
     user_specs: list[SideFeatureSpec] = field(default_factory=list)
     item_specs: list[SideFeatureSpec] = field(default_factory=list)
+    item_events: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class FeatureCoding:
+    """How raw values of one feature become ids: the vocabulary (id ``v`` is ``vocabulary[v - 1]``) or the hash
+    buckets of ``spec``; id 0 (:data:`UNKNOWN`) for anything else. Kept with an exported retriever so serving
+    requests encode their values exactly as the training data was (:meth:`encode`)."""
+
+    spec: SideFeatureSpec
+    vocabulary: np.ndarray | None  # [V] object, sorted; None when hashed
+    num_embeddings: int
+
+    def codes(self, text: np.ndarray) -> np.ndarray:
+        """``[n]`` int64 ids of ``[n]`` value texts (unknown values: ``UNKNOWN``)."""
+        if self.spec.hash_buckets:
+            return _hashed(text, int(self.spec.hash_buckets))
+        return (pd.Index(self.vocabulary, dtype=object).get_indexer(text) + 1).astype(np.int64)  # -1 -> UNKNOWN
+
+    def encode(self, values, table_name: str = "users") -> CSR:
+        """Bags of ``R`` raw values, one per row as in the source table: a scalar, or for a multi-valued feature a
+        list or text joined by the separator; None, NaN, blank text and empty lists give ``[UNKNOWN]``."""
+        values = list(values)
+        column = pd.Series(values, dtype=object if any(map(_is_list, values)) else None)
+        rows, text = _tokens(column, self.spec, table_name)
+        return _bags(rows, self.codes(text), len(values), self.num_embeddings)[0]
+
+    def to_json(self) -> dict:
+        s = self.spec
+        return {
+            "column": s.column,
+            "multi_valued": s.multi_valued,
+            "separator": s.separator,
+            "hash_buckets": s.hash_buckets,
+            "num_embeddings": int(self.num_embeddings),
+            "vocabulary": None if self.vocabulary is None else [str(v) for v in self.vocabulary],
+        }
+
+    @classmethod
+    def from_json(cls, name: str, entry: dict) -> FeatureCoding:
+        spec = SideFeatureSpec(
+            entry["column"], bool(entry["multi_valued"]), entry["separator"], entry["hash_buckets"], name=name
+        )
+        vocabulary = None if entry["vocabulary"] is None else np.asarray(entry["vocabulary"], dtype=object)
+        return cls(spec, vocabulary, int(entry["num_embeddings"]))
 
 
 @dataclass
@@ -92,6 +143,7 @@ class SideFeature:
     num_embeddings: int
     vocabulary: np.ndarray | None
     report: dict = field(default_factory=dict)
+    coding: FeatureCoding | None = None  # how request values are encoded (None: not encodable, e.g. rebuilt bags)
 
     def report_line(self) -> str:
         """One line for the data report, e.g. ``items.tags: multi-valued, vocabulary of 541 values from ...``."""
@@ -105,9 +157,15 @@ class SideFeature:
         else:
             coding = f"vocabulary of {r['vocabulary_size']} values from the training rows"
         column = "" if r["column"] == self.name else f" (column {r['column']})"
+        events = ""
+        if "events_kept" in r:
+            events = (
+                f"; from {r['events_kept']} events in the training part ({r['events_after_training']} later and "
+                f"{r['events_of_unknown_users']} by users without interactions left out)"
+            )
         return (
             f"{self.table}.{self.name}{column}: {kind}, {coding}; {r['values_per_row']:.2f} values per row; "
-            f"id 0 for {r['rows_missing']} row(s) without a value and {r['values_unknown']} unknown value(s)"
+            f"id 0 for {r['rows_missing']} row(s) without a value and {r['values_unknown']} unknown value(s){events}"
         )
 
 
@@ -199,8 +257,7 @@ def encode_side_feature(
     report: dict = {"table": table_name, "column": spec.column, "kind": spec.kind, "hash_buckets": spec.hash_buckets}
     if spec.hash_buckets:
         buckets = int(spec.hash_buckets)
-        codes = (stable_hash(text) % np.uint64(buckets)).astype(np.int64) + 1
-        distinct_codes = (stable_hash(pd.unique(text)) % np.uint64(buckets)).astype(np.int64) + 1
+        distinct_codes = _hashed(pd.unique(text), buckets)
         shared = np.bincount(distinct_codes, minlength=buckets + 1)[distinct_codes] > 1
         report.update(
             distinct_values=int(len(distinct_codes)),
@@ -208,28 +265,39 @@ def encode_side_feature(
             collision_rate=float(shared.mean()) if len(shared) else 0.0,
             values_unknown=0,
         )
-        vocabulary, num_embeddings = None, buckets + 1
+        coding = FeatureCoding(spec, None, buckets + 1)
     else:
         counts = pd.Series(text[fit_rows[rows]], dtype=object).value_counts()
         vocabulary = np.sort(counts.index[counts.to_numpy() >= spec.min_count].to_numpy(dtype=object))
-        codes = pd.Index(vocabulary, dtype=object).get_indexer(text) + 1  # -1 (unknown) -> UNKNOWN
-        report.update(vocabulary_size=int(len(vocabulary)), values_unknown=int((codes == UNKNOWN).sum()))
-        num_embeddings = len(vocabulary) + 1
+        coding = FeatureCoding(spec, vocabulary, len(vocabulary) + 1)
+    codes = coding.codes(text)
+    if not spec.hash_buckets:
+        report.update(vocabulary_size=int(len(coding.vocabulary)), values_unknown=int((codes == UNKNOWN).sum()))
+    bags, missing = _bags(rows, codes, num_rows, coding.num_embeddings)
+    report.update(
+        rows_missing=int(missing),
+        rows_not_in_table=int((~in_table).sum()),
+        values_merged=int(len(rows) + missing - len(bags.values)),  # repeats of a value in a bag, unknowns pooled
+        values_per_row=float(len(bags.values) / max(num_rows, 1)),
+        num_embeddings=int(coding.num_embeddings),
+    )
+    return SideFeature(spec.feature_name, table_name, bags, coding.num_embeddings, coding.vocabulary, report, coding)
 
+
+def _hashed(text: np.ndarray, buckets: int) -> np.ndarray:
+    """``[n]`` int64 ids ``1 + stable_hash(text) % buckets``."""
+    return (stable_hash(text) % np.uint64(buckets)).astype(np.int64) + 1
+
+
+def _bags(rows: np.ndarray, codes: np.ndarray, num_rows: int, num_embeddings: int) -> tuple[CSR, int]:
+    """``(bags, rows without a value)``: the distinct ``codes [n]`` of each row (``rows [n]``); a row without any
+    gets the one-id bag ``[UNKNOWN]``."""
     has_value = np.zeros(num_rows, dtype=bool)
     has_value[rows] = True
     missing = np.flatnonzero(~has_value)
     rows = np.concatenate([rows, missing])
-    codes = np.concatenate([codes.astype(np.int64), np.full(len(missing), UNKNOWN, dtype=np.int64)])
-    bags = CSR.from_pairs_unique(rows, codes, num_rows, num_embeddings)
-    report.update(
-        rows_missing=int(len(missing)),
-        rows_not_in_table=int((~in_table).sum()),
-        values_merged=int(len(rows) - len(bags.values)),  # repeats of a value within a bag, or unknowns pooled
-        values_per_row=float(len(bags.values) / max(num_rows, 1)),
-        num_embeddings=int(num_embeddings),
-    )
-    return SideFeature(spec.feature_name, table_name, bags, int(num_embeddings), vocabulary, report)
+    codes = np.concatenate([np.asarray(codes, dtype=np.int64), np.full(len(missing), UNKNOWN, dtype=np.int64)])
+    return CSR.from_pairs_unique(rows, codes, num_rows, num_embeddings), len(missing)
 
 
 def encode_side_features(
@@ -271,18 +339,78 @@ class SideFeatures:
         return [f.report_line() for f in (*self.users.values(), *self.items.values())]
 
 
+def training_time_limits(data: PreparedData) -> np.ndarray:
+    """``[U]`` float64: an event of user ``u`` (e.g. a tag applied) at time ``t`` is training data iff
+    ``t < limits[u]``, the same line the split draws through ``u``'s interactions.
+
+    - ``leave_last_out`` and ``users``: the time of ``u``'s first validation / test interaction; ``inf`` for a user
+      without one (every interaction of such a user is training or history input). This is per user, like the
+      split itself: another user's training part may run past ``u``'s targets, exactly as their interactions do.
+      A single item-level cut (the earliest target time of anyone) would be stricter but empty in practice: on
+      the embedded MovieLens the earliest target is from 1996 and the first tag from 2006.
+    - ``global_time``: the validation cut, the same for every user (the evaluation window is global: an event
+      after the cut by a user without targets would still come from it).
+
+    The comparison is strict: an event at the very second of the user's first target is left out.
+    """
+    limits = np.full(data.num_users, np.inf)
+    cuts = data.report.get("time_cuts")
+    if data.report.get("split") == "global_time" and cuts is not None:
+        limits[:] = float(cuts["validation"])
+        return limits
+    held_out = (data.split == VAL) | (data.split == TEST)
+    np.minimum.at(limits, data.user[held_out], data.timestamp[held_out])
+    return limits
+
+
+def events_in_training(events: pd.DataFrame, data: PreparedData, column: str) -> tuple[pd.Series, dict]:
+    """The distinct values of each item among ``events`` (``item_id``, ``user_id``, ``timestamp`` [s], ``value``)
+    in the training part (:func:`training_time_limits`), as a Series of sorted lists by ``item_id``, and the
+    counts for the data report. Events by users the prepared data does not know cannot be placed relative to
+    the split and are left out (counted)."""
+    missing = [c for c in ("item_id", "user_id", "timestamp", "value") if c not in events.columns]
+    if missing:
+        raise DataValidationError(f"items: timed side feature {column!r}: events lack column(s) {missing}")
+    if not pd.api.types.is_numeric_dtype(events["timestamp"]):
+        raise DataValidationError(f"items: timed side feature {column!r}: timestamps must be numeric seconds")
+    rows = pd.Index(data.user_ids).get_indexer(events["user_id"].to_numpy())
+    known = rows >= 0
+    limits = training_time_limits(data)
+    times = events["timestamp"].to_numpy(dtype=np.float64)
+    keep = known & (times < limits[np.where(known, rows, 0)])
+    kept = events.loc[keep, ["item_id", "value"]].drop_duplicates()
+    values = kept.sort_values(["item_id", "value"]).groupby("item_id")["value"].agg(list)
+    report = {
+        "events_kept": int(keep.sum()),
+        "events_after_training": int((known & ~keep).sum()),
+        "events_of_unknown_users": int((~known).sum()),
+    }
+    return values, report
+
+
 def prepare_side_features(raw: RawSideFeatures | None, data: PreparedData) -> SideFeatures:
     """Encode a source's side features for the prepared ids; vocabularies come from the users / items with a
-    training interaction."""
+    training interaction, timed item columns (``raw.item_events``) from their events in the training part."""
     if raw is None:
         return SideFeatures()
     train = data.split == TRAIN
     train_users = np.bincount(data.user[train], minlength=data.num_users) > 0
     train_items = np.bincount(data.item[train], minlength=data.num_items) > 0
-    return SideFeatures(
+    items, event_reports = raw.items, {}
+    if raw.item_events:
+        items = items.copy() if items is not None else pd.DataFrame({"item_id": data.item_ids})
+        for column, events in raw.item_events.items():
+            if column in items.columns:
+                raise DataValidationError(f"items: column {column!r} is given both as a column and as timed events")
+            values, event_reports[column] = events_in_training(events, data, column)
+            items[column] = items["item_id"].map(values)  # items without a training-time value: NaN -> id 0
+    features = SideFeatures(
         users=encode_side_features(raw.users, "user_id", data.user_ids, raw.user_specs, train_users, "users"),
-        items=encode_side_features(raw.items, "item_id", data.item_ids, raw.item_specs, train_items, "items"),
+        items=encode_side_features(items, "item_id", data.item_ids, raw.item_specs, train_items, "items"),
     )
+    for feature in features.items.values():
+        feature.report.update(event_reports.get(feature.report["column"], {}))
+    return features
 
 
 def batch_key(prefix: str, name: str) -> str:

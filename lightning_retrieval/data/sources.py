@@ -89,7 +89,10 @@ class MovieLensSource(InteractionSource):
         path: folder with ``ratings.csv`` and ``movies.csv``; default: the embedded ml-latest-small copy.
         item_side_features: also embed two item side features: ``decade`` (the release year in each title, as a
             decade) and ``tags`` (the distinct lower-cased ``tags.csv`` tags of each movie, a bag; tags seen on
-            fewer than ``tag_min_count`` training items share the unknown id).
+            fewer than ``tag_min_count`` training items share the unknown id). A tag counts only if its user
+            applied it inside their training part of the split (before their first validation / test interaction;
+            before the validation cut for ``global_time``): ``data.features.training_time_limits``. Tags are
+            applied while watching, so later tags would tell the item tower about the evaluation window.
     """
 
     def __init__(self, path: str | None = None, item_side_features: bool = False, tag_min_count: int = 2):
@@ -125,15 +128,20 @@ class MovieLensSource(InteractionSource):
         movies = _read_table(root / "movies.csv")
         tags = _read_table(root / "tags.csv")
         require_columns(movies, ["movieId", "title"], str(root / "movies.csv"))
-        require_columns(tags, ["movieId", "tag"], str(root / "tags.csv"))
+        require_columns(tags, ["userId", "movieId", "tag", "timestamp"], str(root / "tags.csv"))
         year = pd.to_numeric(movies["title"].astype(str).str.extract(r"\((\d{4})\)\s*$")[0])
         decade = ((year // 10 * 10).astype("Int64").astype(str) + "s").where(year.notna())  # "1990s"
-        tags = tags.assign(tag=tags["tag"].astype(str).str.strip().str.lower()).drop_duplicates(["movieId", "tag"])
-        tag_lists = tags.sort_values(["movieId", "tag"]).groupby("movieId")["tag"].agg(list)
+        events = pd.DataFrame(
+            {
+                "item_id": tags["movieId"],
+                "user_id": tags["userId"],
+                "timestamp": tags["timestamp"].astype(np.float64),
+                "value": tags["tag"].astype(str).str.strip().str.lower(),
+            }
+        )
         items = pd.DataFrame({"item_id": movies["movieId"], "decade": decade})
-        items["tags"] = items["item_id"].map(tag_lists)  # movies without tags: NaN -> the unknown id
         specs = [SideFeatureSpec("decade"), SideFeatureSpec("tags", multi_valued=True, min_count=self.tag_min_count)]
-        return RawSideFeatures(items=items, item_specs=specs)
+        return RawSideFeatures(items=items, item_specs=specs, item_events={"tags": events})
 
     def describe(self) -> str:
         return f"MovieLens ({self.path or 'embedded ml-latest-small'})"

@@ -2,8 +2,8 @@
 
 lightning-retrieval export --config CONFIG.yaml --ckpt_path CKPT --output DIR [--stage predict] [--overwrite]
                            [--data.KEY=VALUE ...]
-lightning-retrieval recommend DIR --user-history 1,2,3 [--user-id U] [--k 10] [--topic Comedy]
-                              [--filter prefilter] [--include-seen]
+lightning-retrieval recommend DIR --user-history 1,2,3 [--user-id U] [--user-feature NAME=VALUE ...] [--k 10]
+                              [--topic Comedy] [--filter prefilter] [--include-seen]
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ def recommend_main(argv: list[str], out=None) -> None:
     parser.add_argument("folder", help="a folder written by `lightning-retrieval export`")
     parser.add_argument("--user-history", required=True, help="comma-separated original item ids, oldest first")
     parser.add_argument("--user-id", help="original user id (default: the anonymous user)")
+    parser.add_argument(
+        "--user-feature",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a user side feature's value (repeatable; a multi-valued feature's values joined by its separator); "
+        "replaces the stored one",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--topic", help="restrict to / condition on this topic (original name)")
     parser.add_argument("--filter", choices=["none", "prefilter", "postfilter", "streaming"], help="topic filter")
@@ -52,12 +60,18 @@ def recommend_main(argv: list[str], out=None) -> None:
     user_id = None
     if args.user_id is not None:
         user_id = args.user_id if retriever.user_ids.dtype == object else int(args.user_id)
+    features = {"user_id": [user_id]}
+    for item in args.user_feature:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--user-feature {item!r}: expected NAME=VALUE")
+        features[name.strip()] = [value]
     recs = retriever.recommend(
         [history],
         args.k,
         topics=args.topic,
         exclude_seen=not args.include_seen,
-        user_features={"user_id": [user_id]},
+        user_features=features,
         topic_filter=args.filter,
     )
     found = recs.found[0]

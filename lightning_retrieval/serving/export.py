@@ -186,6 +186,7 @@ def export_retriever(
             "topic_names": [str(t) for t in data.topic_names],
             "has_followed_topics": bool(data.user_topics.values.size),
             "user_side_features": {name: int(f.num_embeddings) for name, f in side.items()},
+            "user_side_feature_coding": {name: f.coding.to_json() for name, f in side.items() if f.coding is not None},
             **user_fields,
         },
     )

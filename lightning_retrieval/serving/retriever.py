@@ -16,7 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lightning_retrieval.data.features import FeatureCoding
 from lightning_retrieval.data.preparation import CSR, take_rows
+from lightning_retrieval.data.schema import DataValidationError
 from lightning_retrieval.registry import resolve
 from lightning_retrieval.retrieval.evaluator import RetrievalEvaluator
 from lightning_retrieval.retrieval.filtering import FILTER_MODES, TopicFilter, filtered_retrieve
@@ -128,6 +130,10 @@ class Retriever:
             offsets = np.asarray(bags.offsets, dtype=np.int64)
             values = bags.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
             side[name] = (CSR(offsets - offsets[0], values), int(size))
+        self.side_coding = {
+            name: FeatureCoding.from_json(name, entry)
+            for name, entry in (manifest.get("user_side_feature_coding") or {}).items()
+        }
         model = load_user_model(folder)
         self.has_user_table = user_table_key(model.state_dict()) is not None
         self.user_side = UserSide(
@@ -181,13 +187,16 @@ class Retriever:
     def user_batch(self, histories, user_features: dict | None = None) -> dict:
         """The model batch for ``histories`` (lists of original item ids, oldest first) and ``user_features``:
         ``user_id`` (original ids, None = anonymous), ``user_dense [B, Fu]`` (standardised as in training),
-        ``followed_topics`` (lists of topic names)."""
+        ``followed_topics`` (lists of topic names), and one entry per user side feature of the model (its name
+        in :attr:`user_side_features`): ``B`` raw values as in the training table (a value; for a multi-valued
+        feature a list or joined text; None = missing), encoded with the training vocabulary or hashing, so an
+        unseen value gets the reserved unknown id as in training. A side feature left out keeps the stored
+        values of known users (the unknown id for the others)."""
         user_features = dict(user_features or {})
-        unknown = set(user_features) - {"user_id", "user_dense", "followed_topics"}
+        allowed = ["user_id", "user_dense", "followed_topics", *self.user_side.side_features]
+        unknown = set(user_features) - set(allowed)
         if unknown:
-            raise ServingRequestError(
-                f"unknown user_features {sorted(unknown)}; use user_id, user_dense, followed_topics"
-            )
+            raise ServingRequestError(f"unknown user_features {sorted(unknown)}; use {', '.join(allowed)}")
         b = len(histories)
         for name, values in user_features.items():
             if len(values) != b:
@@ -204,7 +213,23 @@ class Retriever:
         followed = user_features.get("followed_topics")
         if followed is not None:
             followed = _names_to_csr(followed, self.topic_names, "followed_topics", ServingRequestError)
-        return self.user_side.batch(rows, users, dense, followed), rows
+        side = {}
+        for name in set(user_features) & set(self.user_side.side_features):
+            if name not in self.side_coding:
+                raise ServingRequestError(
+                    f"user_features[{name!r}]: this retriever folder has no coding for the feature (exported "
+                    "before requests could carry side features); export it again"
+                )
+            try:
+                side[name] = self.side_coding[name].encode(user_features[name])
+            except DataValidationError as err:
+                raise ServingRequestError(f"user_features[{name!r}]: {err}") from err
+        return self.user_side.batch(rows, users, dense, followed, side), rows
+
+    @property
+    def user_side_features(self) -> list[str]:
+        """Names of the model's user side features (keys a request's ``user_features`` may give)."""
+        return list(self.user_side.side_features)
 
     def recommend(
         self,
@@ -238,8 +263,10 @@ class Retriever:
         else:
             exclude = CSR(np.zeros(b + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         if topics is None:
-            vectors, valid = self.user_side.queries(batch)
-            items, scores, _ = self.evaluator.retrieve_queries(self.index, vectors, valid, exclude, k, self.merger)
+            vectors, valid, weights = self.user_side.queries(batch)
+            items, scores, _ = self.evaluator.retrieve_queries(
+                self.index, vectors, valid, exclude, k, self.merger, weights
+            )
         else:
             items, scores = self._topic_search(batch, topics, b, exclude, k, topic_filter)
         found = items >= 0
@@ -261,7 +288,7 @@ class Retriever:
         mode = mode or cfg["mode"]
         if mode not in FILTER_MODES:
             raise ServingRequestError(f"unknown topic filter {mode!r}; choose one of {FILTER_MODES}")
-        vectors, valid = self.user_side.queries(batch, topic_ids)
+        vectors, valid, weights = self.user_side.queries(batch, topic_ids)
         users, slots = np.nonzero(valid)
         res = filtered_retrieve(
             self.index,
@@ -279,7 +306,8 @@ class Retriever:
         grid_items = np.full((b, n_slots, k), -1, dtype=np.int64)
         grid_scores = np.full((b, n_slots, k), -np.inf, dtype=np.float32)
         grid_items[users, slots], grid_scores[users, slots] = res.items, res.scores
-        return self.merger.merge(grid_items, grid_scores, valid, k)
+        extra = {"weights": weights} if getattr(self.merger, "uses_weights", False) else {}
+        return self.merger.merge(grid_items, grid_scores, valid, k, **extra)
 
     def describe(self) -> dict:
         m = self.manifest

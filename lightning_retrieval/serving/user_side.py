@@ -2,8 +2,9 @@
 
 Stored without the training config: the model's ``{class_path, init_args}`` (``user_model.json``, rebuilt through
 jsonargparse and the registry), its ``state_dict`` (``user_model.pt``, tensors only, read with
-``weights_only=True``), the user table (``users.parquet``: original ids, dense features, followed topics) and
-the item topics (``items.parquet``). Why not ``torch.export`` / TorchScript: see ``NOT_EXPORTABLE``.
+``weights_only=True``), the user table (``users.parquet``: original ids, dense features, followed topics, side
+feature id bags; the side features' coding is in the manifest) and the item topics (``items.parquet``). Why
+not ``torch.export`` / TorchScript: see ``NOT_EXPORTABLE``.
 
 Requests become the same batch as in evaluation: the history window, history length, history topic counts and
 user features are built by the datamodule's :class:`~lightning_retrieval.data.batches.BatchBuilder` over the
@@ -11,7 +12,8 @@ request's histories, so the model sees exactly what the evaluation fed it.
 
 A user unknown to the model (no ``user_id``, or one outside the training data) is served as the *anonymous
 user*: a row appended to the user-id table at export holding the mean of the table, zero (= mean, the features
-are standardised) dense features and no followed topics.
+are standardised) dense features, no followed topics and the unknown id of every side feature. A request may
+send side-feature values of its own (``Retriever.user_batch``), encoded with the training coding.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ ANONYMOUS_USER = "mean user-id embedding, zero (mean) dense features, no followe
 
 
 def user_queries(model: RetrievalModel, batch: dict[str, torch.Tensor], topics: torch.Tensor | None = None):
-    """``(vectors [B, K, D], valid [B, K])`` of the model's serving queries (``topics [B]``: one explicit topic per
-    user). The one place that asks the model: the task's public ``embed_users`` / ``topic_queries``, both a
-    ``UserQueries``."""
+    """``(vectors [B, K, D], valid [B, K], weights [B, K] or None)`` of the model's serving queries (``topics [B]``:
+    one explicit topic per user; ``weights``: e.g. DCM's routing mass, for a merger that uses them). The one place
+    that asks the model: the task's public ``embed_users`` / ``topic_queries``, both a ``UserQueries``."""
     queries = model.embed_users(batch) if topics is None else model.topic_queries(batch, topics)
-    return queries.vectors, queries.valid
+    return queries.vectors, queries.valid, queries.weights
 
 
 def user_table_key(state: dict) -> str | None:
@@ -165,10 +167,12 @@ class UserSide:
         user_rows: np.ndarray,
         dense: np.ndarray | None = None,
         followed: CSR | None = None,
+        side: dict[str, CSR] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The evaluation batch of ``B`` users: item rows of their histories (oldest first), user-table rows
-        ``[B]`` (``anonymous_row`` for unknown users), optional dense features ``[B, Fu]`` and followed topics
-        (CSR over the B users) replacing the stored ones."""
+        ``[B]`` (``anonymous_row`` for unknown users), optional dense features ``[B, Fu]``, followed topics
+        (CSR over the B users) and side-feature id bags (``{name: CSR over the B users}``) replacing the stored
+        ones."""
         b = len(histories)
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=b)
         offsets = np.zeros(b + 1, dtype=np.int64)
@@ -198,7 +202,8 @@ class UserSide:
             report={},
         )
         if self.side_features:
-            builder = BatchBuilder(request, self.max_history, np.ones(1, dtype=np.int64), self._side(user_rows, known))
+            bags = self._side(user_rows, known, side or {})
+            builder = BatchBuilder(request, self.max_history, np.ones(1, dtype=np.int64), bags)
         else:
             builder = BatchBuilder(request, self.max_history, np.ones(1, dtype=np.int64))
         batch = builder.user_features(torch.arange(b), torch.from_numpy(offsets[1:]))
@@ -207,12 +212,16 @@ class UserSide:
             batch["followed_topics"] = torch.zeros(b, self.num_topics)
         return batch
 
-    def _side(self, user_rows: np.ndarray, known: np.ndarray):
-        """The request's user side features: the stored bags of known users, ``[unknown id]`` for the others."""
+    def _side(self, user_rows: np.ndarray, known: np.ndarray, given: dict[str, CSR]):
+        """The request's user side features: the ``given`` bags, else the stored bags of known users and
+        ``[unknown id]`` for the others."""
         from lightning_retrieval.data.features import UNKNOWN, SideFeature, SideFeatures
 
         users = {}
         for name, (ids, size) in self.side_features.items():
+            if name in given:
+                users[name] = SideFeature(name, "users", given[name], size, None)
+                continue
             bags = _rows_or_empty(ids, user_rows, known)
             lengths = np.where(known, bags.lengths, 1)
             offsets = np.zeros(len(user_rows) + 1, dtype=np.int64)
@@ -224,12 +233,13 @@ class UserSide:
 
     @torch.no_grad()
     def queries(self, batch: dict[str, torch.Tensor], topics: np.ndarray | None = None):
-        """``(vectors [B, K, D] float32, valid [B, K] bool)`` as numpy arrays."""
+        """``(vectors [B, K, D] float32, valid [B, K] bool, weights [B, K] float32 or None)`` as numpy arrays."""
         device = self.model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         topic_tensor = None if topics is None else torch.from_numpy(np.asarray(topics, dtype=np.int64)).to(device)
-        vectors, valid = user_queries(self.model, batch, topic_tensor)
-        return vectors.float().cpu().numpy(), valid.cpu().numpy().astype(bool)
+        vectors, valid, weights = user_queries(self.model, batch, topic_tensor)
+        weights = None if weights is None else weights.float().cpu().numpy()
+        return vectors.float().cpu().numpy(), valid.cpu().numpy().astype(bool), weights
 
 
 def _rows_or_empty(csr: CSR, rows: np.ndarray, known: np.ndarray) -> CSR:
