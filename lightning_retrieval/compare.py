@@ -10,9 +10,9 @@ Arguments after ``--`` are passed to every ``fit`` and ``test`` (e.g. ``-- --tra
 row comes first.
 
 Cells are means over seeds with a 95% interval from a crossed bootstrap over users and seeds; ``--reference``
-adds each config's paired difference to the reference (same users) with its interval and a paired sign-flip
-permutation p-value (:mod:`lightning_retrieval.statistics`). Corpus-level metrics (coverage) have no per-user
-values: their cell is the mean over seeds, without an interval.
+adds each config's paired difference to the reference (same users) with its interval and a p-value (the larger
+of a paired sign-flip permutation test and the bootstrap's; :mod:`lightning_retrieval.statistics`). Corpus-level
+metrics (coverage) have no per-user values: their cell is the mean over seeds, without an interval.
 """
 
 from __future__ import annotations
@@ -32,9 +32,25 @@ from lightning_retrieval.reporting import DEFAULT_COLUMNS
 from lightning_retrieval.statistics import DEFAULT_RESAMPLES, bootstrap_mean, paired_difference
 
 CONDITIONAL = ("cond_recall", "cond_ndcg", "match_rate", "scanned_per_query", "short_queries")
-METRICS = DEFAULT_COLUMNS  # one list of headline metrics for `report` and `compare`
+# multi-interest columns, present only where logged: the KDD'25 max-over-embeddings protocol (opt-in
+# retrieval_evaluation.union_ks) and the collapse metric (K > 1 models)
+MULTI_INTEREST = (
+    "union_hit_rate@100",
+    "union_recall@100",
+    "union_hit_rate@1000",
+    "union_recall@1000",
+    "interest_similarity",
+)
+METRICS = DEFAULT_COLUMNS + MULTI_INTEREST  # the headline metrics of `compare` (`report` shows DEFAULT_COLUMNS)
 SIGNIFICANT = "*"
-MARKDOWN_DIFFS = ("recall@50", "ndcg@50", "cond_recall@10", "cond_recall@50", "match_rate@50")  # CSV: every metric
+MARKDOWN_DIFFS = (  # CSV: every metric
+    "recall@50",
+    "ndcg@50",
+    "union_hit_rate@100",
+    "cond_recall@10",
+    "cond_recall@50",
+    "match_rate@50",
+)
 
 
 # ---- running configs ----
@@ -225,6 +241,10 @@ def summarize(
                 row.update(zip(interval_columns(key), (interval.low, interval.high)))
         rows.append(row)
     frame = pd.DataFrame(rows)
+    # headline metrics first, in METRICS order, whichever config's row has them (e.g. only K > 1 models)
+    leading = ["config", "model", "parameters", "seeds"]
+    leading += [c for m in METRICS for c in (m, *interval_columns(m)) if c in frame]
+    frame = frame[leading + [c for c in frame.columns if c not in leading]]
     if reference is not None:
         frame = add_paired_differences(frame, groups, reference, n_resamples, seed)
     return frame
@@ -315,8 +335,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
     )
     if reference:
         note += (
-            f" Δ: paired difference to {reference} on the same users [95% bootstrap interval], p from a paired "
-            f"sign-flip permutation test; {SIGNIFICANT}: p < 0.05 and the interval excludes 0."
+            f" Δ: paired difference to {reference} on the same users [95% bootstrap interval]; p: the larger of a "
+            "paired sign-flip permutation test over users and the users-and-seeds bootstrap's two-sided p; "
+            f"{SIGNIFICANT}: p < 0.05 and the interval excludes 0."
         )
     return note + "\n\n" + "\n".join(lines)
 

@@ -9,6 +9,7 @@ import lightning_retrieval.data.negatives  # noqa: F401
 import lightning_retrieval.data.sources  # noqa: F401
 import lightning_retrieval.data.synthetic  # noqa: F401
 import lightning_retrieval.data.synthetic_crosses  # noqa: F401
+import lightning_retrieval.losses.hard_negatives  # noqa: F401
 import lightning_retrieval.losses.sampled_softmax  # noqa: F401
 import lightning_retrieval.metrics.interests  # noqa: F401
 import lightning_retrieval.metrics.library  # noqa: F401

@@ -211,7 +211,7 @@ def test_interest_similarity_metric_in_the_evaluator():
     ev = RetrievalEvaluator(ks=[10], metrics=["recall", "interest_similarity"])
     result = ev.evaluate(ExactIndex().build(items), users, targets, exclude, user_valid=valid)
     # users 0-9: pairs (1, 1/3... ) -> mean of cos {1, 0, 0} = 1/3; users 10-19: 0; users 20-29 left out
-    assert result.metrics["interest_similarity@10"] == pytest.approx((10 * (1 / 3) + 10 * 0.0) / 20)
+    assert result.metrics["interest_similarity"] == pytest.approx((10 * (1 / 3) + 10 * 0.0) / 20)
 
 
 def test_dynamic_routing_adaptive_k_follows_mind():

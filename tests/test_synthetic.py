@@ -96,3 +96,27 @@ def test_registered_and_segments_reach_the_datamodule():
     np.testing.assert_array_equal(segments["num_interests"], expected)
     batch = next(iter(dm.train_dataloader()))
     assert batch["history_mask"].any()
+
+
+def test_next_item_oracle_is_calibrated_on_held_out_last_interactions():
+    """The oracle's probabilities are the generator's: over users, the predicted mass of each user's top-10 equals
+    the observed share of last interactions that fall in it, and it beats the same ranking without removing seen
+    items."""
+    source = SyntheticInterestsSource(**{**SMALL, "num_users": 2000}, popularity_skew=1.0, seed=5)
+    inter = source.load().interactions.sort_values(["user_id", "timestamp"])
+    user, item = inter["user_id"].to_numpy(), inter["item_id"].to_numpy()
+    last = np.r_[user[1:] != user[:-1], True]
+    users = user[last]
+    row = np.searchsorted(users, user[~last])
+    probability = source.next_item_probabilities(users, row, item[~last])  # [U, N]
+    np.testing.assert_allclose(probability.sum(1), 1.0, atol=1e-9)
+    assert (probability[row, item[~last]] == 0).all()  # seen items cannot come next
+    top = np.argsort(-probability, 1)[:, :10]
+    predicted = np.take_along_axis(probability, top, 1).sum(1).mean()
+    observed = (top == item[last][:, None]).any(1).mean()
+    se = np.sqrt(observed * (1 - observed) / len(users))
+    assert abs(predicted - observed) < 3 * se + 0.01, (predicted, observed)
+    # the same planted interests without removing seen items rank visibly worse
+    unseen_ignored = source.next_item_probabilities(users, row[:0], item[:0])
+    top_wrong = np.argsort(-unseen_ignored, 1)[:, :10]
+    assert (top_wrong == item[last][:, None]).any(1).mean() < observed - 5 * se

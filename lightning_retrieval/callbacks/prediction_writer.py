@@ -62,7 +62,7 @@ class TopKPredictionWriter(RetrievalCallback):
         self.index.build(self.corpus_vectors(trainer, pl_module, "predict"))
         # one search per valid query (K = 1: one per user), merged per user
         items, scores, valid = self.evaluator.retrieve_queries(
-            self.index, user_vectors, out["user_valid"], exclude, self.k, self.merger
+            self.index, user_vectors, out["user_valid"], exclude, self.k, self.merger, out.get("query_weights")
         )
         users = np.repeat(serving.users[rows], self.k)
         frame = pd.DataFrame(

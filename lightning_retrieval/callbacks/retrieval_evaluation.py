@@ -41,10 +41,16 @@ class RetrievalEvaluation(RetrievalCallback):
 
     Args:
         ks: cut-offs.
-        metrics: metric registry names.
+        metrics: metric registry names. The default list includes ``interest_similarity`` (the collapse metric:
+            mean pairwise cosine of a user's served queries), logged for multi-embedding models (K > 1) only.
+        union_ks: cut-offs of the max-over-embeddings metrics (the KDD'25 DCM protocol), e.g. ``[100, 1000]``:
+            ``union_hit_rate@k`` and ``union_recall@k``, where a target counts if ANY of the user's queries has it
+            in its own top k (no merge). Opt-in (each query is searched to depth ``max(union_ks)``); empty: off.
+        union_stages: the stages that compute the ``union_ks`` metrics (default ``test`` only: validation picks
+            checkpoints by the merged metrics, and the deep per-query search would cost every epoch).
         index: index backend (None: ``exact``; ``exact_torch``, ``hnsw``, ``ivfpq``, ``faiss_factory``).
         merger: how multi-embedding models' per-embedding lists become one list (None: ``round_robin``;
-            ``score``).
+            ``score``; ``weighted_budget``: shares in proportion to the query weights, e.g. DCM's routing mass).
         corpus: serving corpus builder (``time_decayed``): index only its items, built from the interactions
             visible before the evaluated period (default: every item).
         segment_edges: history-length bucket edges; metrics in ``segment_metrics`` are also reported per
@@ -66,14 +72,21 @@ class RetrievalEvaluation(RetrievalCallback):
         batch_size: int = 1024,
         corpus_batch_size: int = 8192,
         result_card: bool = True,
+        union_ks: list[int] = [],  # noqa: B006
+        union_stages: list[str] = ["test"],  # noqa: B006
     ):
         super().__init__()
         positive_ints("retrieval_evaluation.ks", ks)
+        if union_ks:
+            positive_ints("retrieval_evaluation.union_ks", union_ks)
+        if set(union_stages) - {"val", "test"}:
+            raise ConfigError(f"retrieval_evaluation.union_stages: choose from 'val' and 'test', got {union_stages}")
         positive_int("retrieval_evaluation.batch_size", batch_size)
         positive_int("retrieval_evaluation.corpus_batch_size", corpus_batch_size)
-        self.evaluator = RetrievalEvaluator(ks, metrics, batch_size)
+        self.evaluator = RetrievalEvaluator(ks, metrics, batch_size, union_ks)
         self.index = index if index is not None else ExactIndex()
         self.merger = merger if merger is not None else RoundRobinMerger()
+        self.union_stages = tuple(union_stages)
         self.segment_edges = sorted(segment_edges)
         self.segment_metrics = tuple(segment_metrics)
         self.corpus = corpus
@@ -86,9 +99,10 @@ class RetrievalEvaluation(RetrievalCallback):
         datamodule = getattr(trainer, "datamodule", None)
         if stage not in ("fit", "validate", "test") or datamodule is None or not hasattr(datamodule, "num_items"):
             return
-        num_items, depth = datamodule.num_items, max(self.evaluator.ks)
+        num_items, depth = datamodule.num_items, self.evaluator.depth
+        name = "max(ks)" if depth == max(self.evaluator.ks) else "max(union_ks)"
         if depth > num_items:
-            raise ConfigError(f"retrieval_evaluation.ks: max(ks)={depth} is larger than the corpus ({num_items} items)")
+            raise ConfigError(f"retrieval_evaluation: {name}={depth} is larger than the corpus ({num_items} items)")
         if self.corpus is not None:  # the serving corpus is built per evaluation; only the full size is known
             return
         self.index.check_corpus(num_items)
@@ -96,7 +110,7 @@ class RetrievalEvaluation(RetrievalCallback):
         most_seen = int(eval_set.exclude.lengths.max(initial=0))
         if num_items - most_seen < depth:
             raise ConfigError(
-                f"retrieval_evaluation.ks: max(ks)={depth} is larger than the corpus left after excluding seen items "
+                f"retrieval_evaluation: {name}={depth} is larger than the corpus left after excluding seen items "
                 f"for some user ({num_items} items, up to {most_seen} seen); lower ks or set data.exclude_seen: false"
             )
 
@@ -154,6 +168,8 @@ class RetrievalEvaluation(RetrievalCallback):
             merger=self.merger,
             segments=history_segments(out["history_length"], self.segment_edges),
             segment_metrics=self.segment_metrics,
+            query_weights=out.get("query_weights"),
+            with_union=stage in self.union_stages,
         )
         result.protocol.update(corpus_report)
         result.protocol.update(

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from lightning_retrieval.data.schema import RawInteractions
 from lightning_retrieval.data.sources import InteractionSource
 from lightning_retrieval.registry import register
+
+
+@dataclass(frozen=True)
+class _Planted:
+    item_weight: np.ndarray  # [N] unnormalised popularity weight of each item id inside its cluster
+    user_clusters: np.ndarray  # [U, M] each user's planted clusters, -1 past the user's k_u
 
 
 @register("synthetic_interests")
@@ -64,10 +72,10 @@ class SyntheticInterestsSource(InteractionSource):
         self.min_interactions, self.max_interactions = min_interactions, max_interactions
         self.popularity_skew, self.session_length = popularity_skew, session_length
         self.cluster_topics, self.seed = cluster_topics, seed
-        self._generated: tuple[RawInteractions, pd.DataFrame, np.ndarray] | None = None
+        self._generated: tuple[RawInteractions, pd.DataFrame, np.ndarray, _Planted] | None = None
 
     # ---- generation ----
-    def _generate(self) -> tuple[RawInteractions, pd.DataFrame, np.ndarray]:
+    def _generate(self) -> tuple[RawInteractions, pd.DataFrame, np.ndarray, _Planted]:
         rng = np.random.default_rng(self.seed)
         n_users, n_items, n_clusters = self.num_users, self.num_items, self.num_clusters
         # 1. items: cluster of each item (random assignment, sizes differ by at most 1) and popularity
@@ -136,9 +144,12 @@ class SyntheticInterestsSource(InteractionSource):
             }
         )
         raw = RawInteractions(interactions=interactions, items=items, name=f"synthetic_interests:{self.seed}")
-        return raw, attributes, item_cluster
+        weight = np.empty(n_items)
+        weight[order] = np.exp(log_pop)  # item id order
+        planted_clusters = np.where(np.arange(self.max_interests)[None, :] < k_user[:, None], interests, -1)
+        return raw, attributes, item_cluster, _Planted(weight, planted_clusters)
 
-    def _data(self) -> tuple[RawInteractions, pd.DataFrame, np.ndarray]:
+    def _data(self) -> tuple[RawInteractions, pd.DataFrame, np.ndarray, _Planted]:
         if self._generated is None:
             self._generated = self._generate()
         return self._generated
@@ -156,6 +167,26 @@ class SyntheticInterestsSource(InteractionSource):
     def item_clusters(self) -> np.ndarray:
         """``[num_items]`` planted cluster of each item id (ids are ``0 .. num_items - 1``)."""
         return self._data()[2].copy()
+
+    def next_item_probabilities(self, users: np.ndarray, seen_row: np.ndarray, seen_item: np.ndarray) -> np.ndarray:
+        """``[E, num_items]`` probability of each item being user ``users[e]``'s next interaction, given the items
+        they have seen (``seen_item[j]`` seen by ``users[seen_row[j]]``): the Bayes oracle of the generator, exact
+        for ``session_length`` 1 (each interaction picks one of the user's ``k_u`` planted interests uniformly, then
+        the next popularity-weighted draw among that cluster's items the user has not seen). Dense: for benchmark
+        sizes. Seen items get 0."""
+        _, _, item_cluster, planted = self._data()
+        weight, clusters = planted.item_weight, planted.user_clusters[np.asarray(users)]  # [N], [E, M]
+        share = np.zeros((len(users), self.num_clusters))  # [E, C] chance the next interaction is from cluster c
+        rows = np.repeat(np.arange(len(users)), clusters.shape[1])
+        valid = clusters.ravel() >= 0
+        share[rows[valid], clusters.ravel()[valid]] = 1.0
+        share /= share.sum(1, keepdims=True)
+        remaining = np.tile(np.bincount(item_cluster, weights=weight, minlength=self.num_clusters), (len(users), 1))
+        np.subtract.at(remaining, (seen_row, item_cluster[seen_item]), weight[seen_item])  # [E, C] unseen mass
+        per_mass = np.divide(share, remaining, out=np.zeros_like(share), where=remaining > 1e-12)
+        probability = per_mass[:, item_cluster] * weight[None, :]  # [E, N]
+        probability[seen_row, seen_item] = 0.0
+        return probability
 
     def describe(self) -> str:
         return (

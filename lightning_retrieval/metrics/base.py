@@ -70,12 +70,15 @@ class RetrievalMetric:
     no batch size can change it); corpus-level metrics (``per_user = False``) return one float.
     ``accuracy`` metrics count masked users as 0; the others are averaged over searched users only.
     ``needs`` names the optional inputs the metric reads (``item_topics``, ``item_embeddings``,
-    ``user_vectors``): without them the evaluator skips it and says so in the protocol.
+    ``user_vectors``, ``multiple_queries``: a model with K > 1 queries per user): without them the evaluator skips
+    it and says so in the protocol. Per-user values may be NaN for a user the metric does not apply to (left out
+    of the mean). ``depends_on_k = False`` metrics are computed once and logged without ``@k``.
     """
 
     per_user: bool = True
     accuracy: bool = True
     needs: tuple[str, ...] = ()
+    depends_on_k: bool = True
 
     def compute(self, lists: RankedLists, k: int) -> np.ndarray | float:
         raise NotImplementedError

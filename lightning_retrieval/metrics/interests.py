@@ -44,20 +44,21 @@ def interest_similarity(vectors, valid) -> np.ndarray:
 
 @register("interest_similarity")
 class InterestSimilarity(RetrievalMetric):
-    """Mean over searched users with >= 2 served vectors of their interest similarity (1 = collapsed).
+    """Per user: the mean pairwise cosine of their served query vectors (1 = collapsed); logged as
+    ``interest_similarity`` (it does not depend on k), the mean over searched users with >= 2 served vectors.
 
-    Corpus level: users with fewer than 2 served vectors have no value and are left out (NaN if none has 2,
-    e.g. a single-embedding model); it does not depend on k.
+    Users with fewer than 2 served vectors have no pair: NaN, left out of the mean and of the per-user file's mean
+    (if no user has a pair, nothing is logged and the protocol's ``metrics_without_users`` names it).
+    Needs ``multiple_queries``: a single-embedding model (K = 1) has no pair at all, so the metric is skipped there
+    (named in the protocol) rather than logged as a value.
     """
 
-    per_user = False
     accuracy = False
-    needs = ("user_vectors",)
+    needs = ("user_vectors", "multiple_queries")
+    depends_on_k = False
 
-    def compute(self, lists: RankedLists, k: int) -> float:
+    def compute(self, lists: RankedLists, k: int) -> np.ndarray:
         if lists.user_vectors is None or lists.user_valid is None:
             raise ValueError("interest_similarity needs the users' query vectors (RankedLists.user_vectors/user_valid)")
         vectors = lists.user_vectors if lists.user_vectors.ndim == 3 else lists.user_vectors[:, None]
-        per_user = interest_similarity(vectors, np.asarray(lists.user_valid).reshape(vectors.shape[:2]))
-        per_user = per_user[np.asarray(lists.valid, dtype=bool) & ~np.isnan(per_user)]
-        return float(per_user.mean()) if per_user.size else float("nan")
+        return interest_similarity(vectors, np.asarray(lists.user_valid).reshape(vectors.shape[:2]))

@@ -89,6 +89,16 @@ class QueryLoss:
     name: str = "main"
 
 
+@dataclass
+class QueryPenalty:
+    """A training term the query module computes itself (a regulariser, e.g. on the interests' routing): a scalar
+    ``value`` added to the loss as ``weight * value``, not scored against the targets."""
+
+    value: torch.Tensor
+    weight: float = 1.0
+    name: str = "penalty"
+
+
 class UserEncoder(Protocol):
     """What the retrieval task lends a query module (the task's ID tables and user tower)."""
 
@@ -132,10 +142,10 @@ class UserQueryModule(nn.Module):
 
     def training_losses(
         self, encoder: UserEncoder, batch: dict[str, torch.Tensor], items: torch.Tensor
-    ) -> list[QueryLoss]:
+    ) -> list[QueryLoss | QueryPenalty]:
         """Loss terms for a training batch; ``items [B, D]`` are the targets' item-tower vectors (embedded once
-        by the task, for label-aware selection). The task scores every term with the same in-batch loss, corpus
-        negatives included."""
+        by the task, for label-aware selection). The task scores every :class:`QueryLoss` with the same in-batch
+        loss, corpus negatives included, and adds every :class:`QueryPenalty` as it is."""
         raise NotImplementedError
 
     def topic_queries(self, encoder: UserEncoder, batch: dict[str, torch.Tensor], topics: torch.Tensor) -> UserQueries:

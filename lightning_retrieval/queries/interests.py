@@ -8,10 +8,19 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_retrieval.models.interests.base import InterestModule
 from lightning_retrieval.models.interests.dcm import DifferentiableClusteringModule
-from lightning_retrieval.queries.base import HistoryField, QueryLoss, UserQueries, UserQueryModule, check_history_field
+from lightning_retrieval.queries.base import (
+    HistoryField,
+    QueryLoss,
+    QueryPenalty,
+    UserQueries,
+    UserQueryModule,
+    check_history_field,
+)
+from lightning_retrieval.queries.regularizers import InterestRegularizer
 from lightning_retrieval.registry import register
 
 InterestFactory = Callable[[int], InterestModule]
@@ -83,6 +92,9 @@ class InterestQueries(UserQueryModule):
         serving_rule: ``all``, ``log2`` (default) or ``sqrt`` of the user's full history length.
         history_field: ``replace`` (default: the interest takes the pooled-history field's place) or ``keep``
             (the pooled history stays a field and the interest is one more).
+        regularizers: training penalties on the interest module (registry ``interest_regularizers``, e.g.
+            ``routing_regularization``), each added to the loss as ``weight * value`` (logged as
+            ``train/loss_<name>``).
     """
 
     num_condition_fields = 1
@@ -96,6 +108,7 @@ class InterestQueries(UserQueryModule):
         selection_power: float = 1.0,
         serving_rule: ServingRule = "log2",
         history_field: HistoryField = "replace",
+        regularizers: list[InterestRegularizer] | None = None,
     ):
         super().__init__(embedding_dim, feature_spec)
         if selection not in ("hard", "soft"):
@@ -106,6 +119,9 @@ class InterestQueries(UserQueryModule):
         if not isinstance(self.interests, InterestModule):
             raise TypeError(f"interests must build an InterestModule, got {type(self.interests).__name__}")
         self.selection, self.selection_power, self.serving_rule = selection, selection_power, serving_rule
+        self.regularizers = nn.ModuleList(regularizers or [])
+        for regularizer in self.regularizers:
+            regularizer.check_module(self.interests)
 
     @property
     def num_interests(self) -> int:
@@ -138,7 +154,12 @@ class InterestQueries(UserQueryModule):
         queries.valid = keep_first_valid(queries.valid, k_u)
         return queries
 
-    def training_losses(self, encoder, batch, items) -> list[QueryLoss]:
-        queries = self.all_queries(encoder, batch)
-        users = select_interest(queries.vectors, queries.valid, items, self.selection, self.selection_power)
-        return [QueryLoss(users, name="implicit")]
+    def training_losses(self, encoder, batch, items) -> list[QueryLoss | QueryPenalty]:
+        interests, valid, _ = self.interest_vectors(encoder, batch)
+        users = encoder.encode_users(batch, interests)
+        users = select_interest(users, valid, items, self.selection, self.selection_power)
+        penalties = [
+            QueryPenalty(r(self.interests, interests, valid, batch["history_mask"]), r.weight, r.name)
+            for r in self.regularizers
+        ]
+        return [QueryLoss(users, name="implicit"), *penalties]

@@ -16,6 +16,7 @@ import numpy as np
 from lightning_retrieval.data.preparation import CSR, take_rows
 from lightning_retrieval.data.preparation import sorted_member as _member
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
+from lightning_retrieval.metrics.union import union_metrics
 from lightning_retrieval.registry import resolve
 from lightning_retrieval.retrieval.index import IndexBackend, RetrievalIndexError
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
@@ -29,6 +30,7 @@ DEFAULT_METRICS = (
     "topic_diversity",
     "distinct_topics",
     "embedding_diversity",
+    "interest_similarity",  # K > 1 models only (skipped, and named in the protocol, for one query per user)
 )
 
 
@@ -97,14 +99,31 @@ class RetrievalEvaluator:
         metrics: registry names of metrics (``recall``, ``ndcg``, ``hit_rate``, ``mrr``, ``precision``,
             ``coverage``, ``topic_diversity``, ``distinct_topics``, ``embedding_diversity`` or plugins).
         batch_size: users per search batch (memory only: results do not depend on it).
+        union_ks: cut-offs of the max-over-embeddings metrics ``union_hit_rate@k`` / ``union_recall@k``
+            (:mod:`lightning_retrieval.metrics.union`): every valid query is searched again to depth
+            ``max(union_ks)``, so they are opt-in (empty: not computed).
     """
 
-    def __init__(self, ks: list[int] = (10, 20, 50, 100), metrics: list[str] = DEFAULT_METRICS, batch_size: int = 1024):
+    def __init__(
+        self,
+        ks: list[int] = (10, 20, 50, 100),
+        metrics: list[str] = DEFAULT_METRICS,
+        batch_size: int = 1024,
+        union_ks: list[int] = (),
+    ):
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"ks must be positive cut-offs, got {ks}")
+        if any(k < 1 for k in union_ks):
+            raise ValueError(f"union_ks must be positive cut-offs, got {union_ks}")
         self.ks = sorted(set(int(k) for k in ks))
+        self.union_ks = sorted(set(int(k) for k in union_ks))
         self.metrics: list[RetrievalMetric] = [resolve("metrics", m)() for m in metrics]
         self.batch_size = batch_size
+
+    @property
+    def depth(self) -> int:
+        """The deepest list any metric reads (the merged lists' ``max(ks)`` or ``max(union_ks)``)."""
+        return max(self.ks + self.union_ks)
 
     def retrieve(
         self, index: IndexBackend, queries: np.ndarray, exclude: CSR, depth: int
@@ -148,21 +167,12 @@ class RetrievalEvaluator:
             items[rows], scores[rows] = drop_seen(rows, batch_ids, batch_scores, exclude_keys, n_items, depth)
         return items, scores, valid
 
-    def retrieve_multi(
-        self,
-        index: IndexBackend,
-        queries: np.ndarray,
-        valid: np.ndarray,
-        exclude: CSR,
-        depth: int,
-        merger: ResultMerger,
+    def retrieve_per_query(
+        self, index: IndexBackend, queries: np.ndarray, valid: np.ndarray, exclude: CSR, depth: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Multi-embedding retrieval: one search per valid embedding ``queries [U, K, D]`` (``valid [U, K]``),
-        each excluding its user's seen items, merged per user into ``depth`` items.
-
-        Returns ``(items [U, depth], scores [U, depth], user_valid [U])``; a user is valid if at least one of
-        their embeddings was searched.
-        """
+        """One search per valid query ``queries [U, K, D]`` (``valid [U, K]``), each excluding its user's seen
+        items. Returns ``(items [U, K, depth], scores [U, K, depth], searched [U, K])``; unsearched slots hold
+        -1 / -inf (invalid, or a zero vector)."""
         users, slots = np.nonzero(valid)
         items_q, scores_q, searched = self.retrieve(index, queries[users, slots], take_rows(exclude, users), depth)
         n_users, k = valid.shape
@@ -171,7 +181,28 @@ class RetrievalEvaluator:
         grid_valid = np.zeros((n_users, k), dtype=bool)
         grid_items[users, slots], grid_scores[users, slots] = items_q, scores_q
         grid_valid[users, slots] = searched
-        items, scores = merger.merge(grid_items, grid_scores, grid_valid, depth)
+        return grid_items, grid_scores, grid_valid
+
+    def retrieve_multi(
+        self,
+        index: IndexBackend,
+        queries: np.ndarray,
+        valid: np.ndarray,
+        exclude: CSR,
+        depth: int,
+        merger: ResultMerger,
+        weights: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Multi-embedding retrieval: one search per valid embedding ``queries [U, K, D]`` (``valid [U, K]``),
+        each excluding its user's seen items, merged per user into ``depth`` items (``weights [U, K]``, e.g. the
+        routing mass, go to a merger that uses them).
+
+        Returns ``(items [U, depth], scores [U, depth], user_valid [U])``; a user is valid if at least one of
+        their embeddings was searched.
+        """
+        grid_items, grid_scores, grid_valid = self.retrieve_per_query(index, queries, valid, exclude, depth)
+        extra = {"weights": weights} if getattr(merger, "uses_weights", False) else {}
+        items, scores = merger.merge(grid_items, grid_scores, grid_valid, depth, **extra)
         return items, scores, grid_valid.any(1)
 
     def retrieve_queries(
@@ -182,16 +213,18 @@ class RetrievalEvaluator:
         exclude: CSR,
         depth: int,
         merger: ResultMerger | None = None,
+        weights: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``depth`` items per user for ``queries [U, K, D]`` with ``valid [U, K]`` (a ``UserQueries``):
         K = 1 is one search per user, K > 1 one search per valid query merged per user (``merger``, default
-        round-robin). Returns ``(items [U, depth], scores [U, depth], user_valid [U])``."""
+        round-robin; ``weights [U, K]`` for a merger that uses them). Returns ``(items [U, depth], scores [U, depth],
+        user_valid [U])``."""
         if queries.ndim != 3 or valid.shape != queries.shape[:2]:
             raise ValueError(f"queries must be [U, K, D] with valid [U, K], got {queries.shape} and {valid.shape}")
         if queries.shape[1] == 1:
             # invalid users get a zero vector, which retrieve masks (valid False, items -1)
             return self.retrieve(index, queries[:, 0] * valid[:, :1], exclude, depth)
-        return self.retrieve_multi(index, queries, valid, exclude, depth, merger or RoundRobinMerger())
+        return self.retrieve_multi(index, queries, valid, exclude, depth, merger or RoundRobinMerger(), weights)
 
     def evaluate(
         self,
@@ -205,9 +238,14 @@ class RetrievalEvaluator:
         merger: ResultMerger | None = None,
         segments: dict[str, np.ndarray] | None = None,
         segment_metrics: tuple[str, ...] = ("recall", "ndcg", "hit_rate"),
+        query_weights: np.ndarray | None = None,
+        with_union: bool = True,
     ) -> EvaluationResult:
         """Metrics for user queries ``user_vectors [U, K, D]`` with ``user_valid [U, K]`` (``[U, D]``: one query
-        per user) against an index built on the corpus; K > 1 lists are merged by ``merger`` (round-robin).
+        per user) against an index built on the corpus; K > 1 lists are merged by ``merger`` (round-robin), which
+        gets ``query_weights [U, K]`` (``UserQueries.weights``) if it uses weights. With ``union_ks``, every
+        query's own list also gives the max-over-embeddings ``union_hit_rate@k`` / ``union_recall@k`` (unless
+        ``with_union`` is False).
 
         ``segments`` maps a segment name to a boolean user mask ``[U]``; ``segment_metrics`` are then also
         reported per segment as ``<metric>@<k>/<segment>``. Metrics whose ``needs`` are not available (e.g.
@@ -215,15 +253,18 @@ class RetrievalEvaluator:
         """
         start = time.perf_counter()
         depth = max(self.ks)
-        if depth > index.size:
-            raise RetrievalIndexError(f"k={depth} is larger than the corpus ({index.size} items)")
+        union_ks = self.union_ks if with_union else []
+        if max([depth, *union_ks]) > index.size:
+            raise RetrievalIndexError(f"k={max([depth, *union_ks])} is larger than the corpus ({index.size} items)")
         if user_vectors.ndim == 2:
             user_vectors = user_vectors[:, None]
         if user_valid is None:
             user_valid = np.ones(user_vectors.shape[:2], dtype=bool)
         num_queries = user_vectors.shape[1]
         merger = (merger or RoundRobinMerger()) if num_queries > 1 else None
-        items, scores, valid = self.retrieve_queries(index, user_vectors, user_valid, exclude, depth, merger)
+        items, scores, valid = self.retrieve_queries(
+            index, user_vectors, user_valid, exclude, depth, merger, query_weights
+        )
         n_items = id_space(index)
         hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
         lists = RankedLists(
@@ -243,30 +284,42 @@ class RetrievalEvaluator:
             "item_topics": lists.item_topic_offsets is not None,
             "item_embeddings": item_vectors is not None,
             "user_vectors": True,
+            "multiple_queries": num_queries > 1,
         }
         skipped = [m.name for m in self.metrics if not all(available.get(need, False) for need in m.needs)]
         metrics: dict[str, float] = {}
         per_user: dict[str, np.ndarray] = {}
+        without_users: list[str] = []
         for metric in self.metrics:
             if metric.name in skipped:
                 continue  # what it needs is not available (recorded in the protocol)
-            for k in self.ks:
-                key = f"{metric.name}@{k}"
+            for k in self.ks if metric.depends_on_k else [depth]:
+                key = f"{metric.name}@{k}" if metric.depends_on_k else metric.name
                 value = metric.compute(lists, k)
                 if metric.per_user:
-                    value = np.where(valid, value, 0.0) if metric.accuracy else value
+                    value = np.where(valid, value, 0.0) if metric.accuracy else np.asarray(value, dtype=np.float64)
+                    users = (valid if not metric.accuracy else np.ones_like(valid)) & ~np.isnan(value)
+                    if not users.any() and not metric.accuracy:
+                        without_users.append(key)  # e.g. nobody served 2 queries: no value (not 0, not NaN)
+                        continue
                     per_user[key] = value
-                    users = valid if not metric.accuracy else np.ones_like(valid)
                     metrics[key] = float(value[users].mean()) if users.any() else 0.0
                 else:
                     metrics[key] = float(value)
+        if union_ks:
+            query_items, _, searched = self.retrieve_per_query(index, user_vectors, user_valid, exclude, max(union_ks))
+            for key, value in union_metrics(query_items, searched, targets, n_items, union_ks).items():
+                per_user[key] = value
+                metrics[key] = float(value.mean()) if len(value) else 0.0
         for name, members in (segments or {}).items():
             members = np.asarray(members, dtype=bool)
             for key, values in per_user.items():
-                if key.split("@")[0] in segment_metrics and members.any():
-                    metrics[f"{key}/{name}"] = float(values[members].mean())
+                counted = members & ~np.isnan(values)
+                if key.split("@")[0] in segment_metrics and counted.any():
+                    metrics[f"{key}/{name}"] = float(values[counted].mean())
         protocol = {
             "ks": self.ks,
+            **({"union_ks": union_ks} if union_ks else {}),
             "embeddings_per_user": int(num_queries),
             "merger": getattr(type(merger), "registry_name", None) if merger is not None else None,
             "evaluated_users": int(len(items)),
@@ -283,4 +336,6 @@ class RetrievalEvaluator:
                 for m in self.metrics
                 if m.name in skipped
             )
+        if without_users:
+            protocol["metrics_without_users"] = ", ".join(without_users)  # no searched user the metric applies to
         return EvaluationResult(metrics, per_user, lists, scores, protocol)

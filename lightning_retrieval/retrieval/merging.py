@@ -44,8 +44,11 @@ class ResultMerger(ABC):
     """``merge(items [U, E, k], scores [U, E, k], valid [U, E], depth) -> (items [U, depth], scores [U, depth])``.
 
     ``valid[u, e]`` False marks an embedding that was masked (empty interest) and contributes nothing.
-    Slots that cannot be filled hold item -1 and score -inf.
+    Slots that cannot be filled hold item -1 and score -inf. A merger with ``uses_weights = True`` is also given
+    ``weights [U, E]`` (``UserQueries.weights``, e.g. DCM's routing mass) as the keyword argument ``weights``.
     """
+
+    uses_weights: bool = False
 
     @abstractmethod
     def merge(self, items: np.ndarray, scores: np.ndarray, valid: np.ndarray, depth: int): ...
@@ -86,3 +89,55 @@ class ScoreMerger(ResultMerger):
         flat_items = np.take_along_axis(flat_items, order, 1)
         flat_scores = np.take_along_axis(flat_scores, order, 1)
         return take_first(flat_items, flat_scores, first_occurrences(flat_items), depth)
+
+
+@register("weighted_budget")
+class WeightedBudgetMerger(ResultMerger):
+    """Each interest gets a share of the list in proportion to its query weight (the DCM paper's serving budget:
+    the routing mass of the interest's cluster).
+
+    Seats are dealt by the Sainte-Laguë highest-averages rule: interest e's r-th item (r = 0, 1, ...) has the
+    priority ``(r + 0.5) / w_e`` and the list takes candidates in increasing priority (ties: rank, then slot
+    order). Without duplicates, the first n entries of the list give interest e its Sainte-Laguë share of n seats
+    (with a few interests within one item of the quota ``n * w_e / sum(w)``), at every prefix n at once, and the
+    shares sum to n. Largest-remainder rounding is not used: it is not prefix-consistent (Alabama paradox), and
+    one list is read at several cut-offs.
+    An item found by two interests is kept once, where it comes first, and counts towards that interest's
+    share (the other interest's next item moves up), as in round-robin. With equal weights the order is
+    rank-major, slot order: exactly ``round_robin``.
+
+    Interests with weight 0 get no share: they only fill slots the weighted interests cannot (short lists).
+    No minimum per interest: an interest whose share of ``depth`` is below half an item gets none.
+
+    Raises ``ValueError`` when no weights are given (a query kind without weights, e.g. ``single`` or a module
+    without routing mass: use ``round_robin`` or ``score``), or when weights are negative or not finite.
+    """
+
+    uses_weights = True
+
+    def merge(self, items, scores, valid, depth, weights=None):
+        self._check(items, scores, valid)
+        if weights is None:
+            raise ValueError(
+                "merger weighted_budget needs query weights [U, E] (UserQueries.weights, e.g. DCM's routing mass); "
+                "this model's queries have none: use merger round_robin or score"
+            )
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != valid.shape:
+            raise ValueError(f"weights must be [U, E] = {list(valid.shape)}, got {list(weights.shape)}")
+        used = valid & (weights > 0)
+        if not np.isfinite(weights[valid]).all() or (weights[valid] < 0).any():
+            raise ValueError("weighted_budget: query weights must be finite and >= 0")
+        users, emb, k = items.shape
+        items = np.where(valid[:, :, None], items, -1)
+        rank = np.broadcast_to(np.arange(k, dtype=np.float64)[None, None, :], items.shape)
+        safe = np.where(used, weights, 1.0)[:, :, None]
+        # weighted interests first by priority; zero-weight ones after all of them, in round-robin order
+        priority = np.where(used[:, :, None], (rank + 0.5) / safe, np.inf)
+        slot = np.broadcast_to(np.arange(emb)[None, :, None], items.shape)
+        flat = (users, emb * k)
+        # per row: by priority, then rank, then slot
+        order = np.lexsort((slot.reshape(flat), rank.reshape(flat), priority.reshape(flat)), axis=-1)
+        ordered_items = np.take_along_axis(items.reshape(flat), order, 1)
+        ordered_scores = np.take_along_axis(scores.reshape(flat), order, 1)
+        return take_first(ordered_items, ordered_scores, first_occurrences(ordered_items), depth)

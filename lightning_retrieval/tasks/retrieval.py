@@ -11,7 +11,7 @@ from lightning_retrieval.losses.sampled_softmax import RetrievalLoss, SampledSof
 from lightning_retrieval.models.embeddings import IdEmbeddings
 from lightning_retrieval.models.pretrained import PretrainedIds
 from lightning_retrieval.models.towers import FeatureCrossingTower, TowerFactory
-from lightning_retrieval.queries.base import QueriesFactory, UserQueries, UserQueryModule
+from lightning_retrieval.queries.base import QueriesFactory, QueryPenalty, UserQueries, UserQueryModule
 from lightning_retrieval.queries.single import SingleQuery
 from lightning_retrieval.registry import register, retire
 from lightning_retrieval.tasks.base import RetrievalModel
@@ -187,13 +187,19 @@ class RetrievalTask(RetrievalModel):
     # ---- training ----
     def loss_terms(self, batch) -> dict[str, torch.Tensor]:
         """Each of the query module's loss terms (weighted) against the targets and corpus negatives, which are
-        embedded once for all terms."""
+        embedded once for all terms; its penalties (``QueryPenalty``, e.g. a routing regulariser) as they are."""
         items = self.embed_items(batch)
         negatives = self.embed_items(batch, "neg_item") if "neg_item" in batch else None
         terms = self.queries.training_losses(self, batch, items)
         if not terms:
             raise ValueError(f"{type(self.queries).__name__}.training_losses returned no loss term")
-        return {t.name: t.weight * self.in_batch_loss(t.users, batch, items, negatives) for t in terms}
+        return {t.name: t.weight * self._term_value(t, batch, items, negatives) for t in terms}
+
+    def _term_value(self, term, batch, items, negatives) -> torch.Tensor:
+        """A penalty's own value; a loss term's user vectors scored by the in-batch loss."""
+        if isinstance(term, QueryPenalty):
+            return term.value
+        return self.in_batch_loss(term.users, batch, items, negatives)
 
     def compute_loss(self, batch) -> torch.Tensor:
         return sum(self.loss_terms(batch).values())

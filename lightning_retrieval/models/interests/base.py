@@ -19,9 +19,16 @@ class InterestModule(nn.Module):
     ``routing_mass``: modules that weigh their interests (DCM's routing mass ``Σ_l w_lk``) set it in ``forward``
     to a detached ``[B, K]`` tensor for that call (0 for invalid slots); it stays None for the others. Consumers
     (a serving budget in proportion to importance) read it right after calling the module.
+
+    ``routing``: modules that learn how history items feed interests (``exposes_routing = True``: DCM's assignment,
+    self-attention's attention, dynamic routing's coupling) set it in ``forward`` to that call's routing matrix
+    ``[B, K, L]`` (row k: how much each history position feeds interest k; 0 at padding), *with* gradient, so that a
+    routing regulariser (registry ``interest_regularizers``) can train it. Read it through :meth:`last_routing`.
     """
 
     routing_mass: torch.Tensor | None = None
+    exposes_routing: bool = False
+    routing: torch.Tensor | None = None
 
     def __init__(self, embedding_dim: int, num_interests: int):
         super().__init__()
@@ -29,6 +36,19 @@ class InterestModule(nn.Module):
             raise ValueError(f"need embedding_dim >= 1 and num_interests >= 1, got {embedding_dim}, {num_interests}")
         self.embedding_dim = embedding_dim
         self.num_interests = num_interests
+
+    def last_routing(self) -> torch.Tensor:
+        """The routing matrix ``[B, K, L]`` of the last ``forward`` (with gradient); a clear error for modules
+        that have none (e.g. pre-clustering, whose clusters are not learned) or before the first call."""
+        if not self.exposes_routing:
+            raise ValueError(
+                f"{type(self).__name__} exposes no routing matrix [B, K, L] (it does not learn how history items "
+                "feed its interests); routing regularisers need an interest module with exposes_routing = True, "
+                "e.g. dcm, multihead_attention or dynamic_routing"
+            )
+        if self.routing is None:
+            raise RuntimeError(f"{type(self).__name__}.routing is unset: call the module before reading it")
+        return self.routing
 
     def check_input(self, history: torch.Tensor, mask: torch.Tensor) -> None:
         if history.dim() != 3 or history.shape[-1] != self.embedding_dim or mask.shape != history.shape[:2]:

@@ -37,6 +37,8 @@ class DifferentiableClusteringModule(InterestModule):
             ``c_j^T e_i``, under which short vectors look far from everything and become seeds).
     """
 
+    exposes_routing = True
+
     def __init__(
         self,
         embedding_dim: int,
@@ -89,6 +91,7 @@ class DifferentiableClusteringModule(InterestModule):
         mass = weights.sum(1)  # [B, K]
         valid = slot_valid & (mass > 0)
         self.last_assignment = weights.detach()
+        self.routing = weights.transpose(1, 2)  # [B, K, L] with gradient, for routing regularisers
         self.routing_mass = (mass * valid).detach()
         return centroids, valid
 

@@ -8,6 +8,16 @@ from lightning_retrieval.models.interests.base import InterestModule, farthest_p
 from lightning_retrieval.registry import register
 
 
+def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[B, L, D]``, ``[B, M, D]`` -> ``[B, L, M]`` squared Euclidean distances, each computed from its own pair.
+
+    Not ``torch.cdist``'s default: above 25 points it uses ``|x|^2 + |y|^2 - 2 x.y`` through a matrix multiply,
+    whose rounding depends on the other rows of the batch (and on padding), which flips near-ties in the Ward
+    merges and the medoid choice. Clustering must not depend on how much padding a history has.
+    """
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+
+
 def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """Ward agglomerative clustering down to (at most) ``k`` clusters per user, batched over users.
 
@@ -31,7 +41,7 @@ def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
         return labels
     inf = float("inf")
     slots = torch.arange(length, device=x.device)
-    dist = torch.cdist(x, x).pow(2)  # [B, L, L]
+    dist = squared_distances(x, x)  # [B, L, L]
     dist = dist.masked_fill(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool), inf)
     flat = dist.view(batch, length * length)
     counts = mask.to(x.dtype)
@@ -80,7 +90,7 @@ def kmeans_labels(x: torch.Tensor, mask: torch.Tensor, k: int, iterations: int =
     positions, slot_valid = farthest_point_order(x, mask, k)
     centroids = x[torch.arange(batch)[:, None], positions]
     for _ in range(iterations):
-        dist = torch.cdist(x, centroids).masked_fill(~slot_valid[:, None, :], float("inf"))
+        dist = squared_distances(x, centroids).masked_fill(~slot_valid[:, None, :], float("inf"))
         labels = dist.argmin(-1)
         onehot = torch.nn.functional.one_hot(labels, k).float() * mask[:, :, None]
         counts = onehot.sum(1)
@@ -131,7 +141,7 @@ class PreClusteringInterests(InterestModule):
             importance = torch.zeros(batch, length, device=x.device).scatter_add_(1, slots, weight)
             # medoid: the member with the least summed squared distance to its cluster's members
             same = (labels[:, :, None] == labels[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-            spread = (torch.cdist(x, x).pow(2) * same).sum(-1).masked_fill(~mask, float("inf"))
+            spread = (squared_distances(x, x) * same).sum(-1).masked_fill(~mask, float("inf"))
             best = torch.full((batch, length), float("inf"), device=x.device).scatter_reduce(
                 1, slots, spread, reduce="amin"
             )

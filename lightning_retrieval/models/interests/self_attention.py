@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_retrieval.models.fast_layers import AttentionLogits
 from lightning_retrieval.models.interests.base import InterestModule, interests_supported, recency_rank
 from lightning_retrieval.registry import register
 
@@ -22,14 +23,14 @@ class SelfAttentiveInterests(InterestModule):
         max_length: positions with learned embeddings ``P`` (0 disables them): the most valid history items.
     """
 
+    exposes_routing = True
+
     def __init__(
         self, embedding_dim: int, num_interests: int = 4, hidden_dim: int | None = None, max_length: int = 200
     ):
         super().__init__(embedding_dim, num_interests)
         hidden = hidden_dim or 4 * embedding_dim
-        self.attention = nn.Sequential(
-            nn.Linear(embedding_dim, hidden, bias=False), nn.Tanh(), nn.Linear(hidden, num_interests, bias=False)
-        )
+        self.attention = AttentionLogits(embedding_dim, hidden, num_interests)  # W2 tanh(W1 x), [B, L, K]
         self.position = nn.Embedding(max_length, embedding_dim) if max_length else None
         if self.position is not None:
             nn.init.normal_(self.position.weight, std=0.02)
@@ -51,6 +52,7 @@ class SelfAttentiveInterests(InterestModule):
             keyed = history + self.position(rank)
         logits = self.attention(keyed).masked_fill(~mask[:, :, None], float("-inf"))  # [B, L, K]
         attn = torch.softmax(logits, dim=1).nan_to_num(0.0)
+        self.routing = attn.transpose(1, 2)  # [B, K, L] with gradient, for routing regularisers
         valid = interests_supported(mask, self.num_interests)
         interests = torch.einsum("blk,bld->bkd", attn, history) * valid[:, :, None]
         return interests, valid

@@ -1,0 +1,149 @@
+"""Do a model's served queries find the user's planted interests? Trained synthetic-benchmark runs, by number of
+interests.
+
+    python benchmarks/synthetic_interests_diagnostics.py [--models two_tower dcm multihead_attention]
+        [--seed 0] [--prefix synthetic_] [--output docs/synthetic_interests_diagnostics.md]
+
+Each run's test checkpoint (``runs/<prefix><model>/seed_N``, the newest ``epoch=*.ckpt``, the one ``compare``
+tests) is evaluated on the test users with ``benchmarks/dcm_gap.py``'s collector (the framework's own test loop,
+evaluator and round-robin merger). Per user, with the planted item clusters of ``synthetic_interests``:
+
+- ``merged R@50``: the round-robin merge of the served queries (the table's number); ``union R@50``: a target
+  counts if any served query's own top-50 holds it; ``best slot R@50``: the best single served query's top-50;
+- ``in own clusters``: share of the merged top-50 that lies in the user's own clusters (the clusters of their
+  history); ``own clusters covered``: share of those clusters with at least one item in the merged top-50;
+- ``slot purity``: per served query, the share of its own top-50 in its most frequent cluster (1 = the query is
+  one cluster); ``distinct slot clusters``: distinct most-frequent clusters over the served queries, divided by
+  ``min(served, own clusters)`` (1 = every query on a different interest);
+- ``served``: queries per user; ``query cosine``: mean pairwise cosine of the served queries.
+
+Means over the users of each segment of ``num_interests`` (1, 2, >= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+from _training import build_from_config
+from dcm_gap import QueryCollector, hits_of
+from synthetic_regime import ROOT
+
+from lightning_retrieval.arrays import take_rows
+from lightning_retrieval.metrics.interests import interest_similarity
+from lightning_retrieval.retrieval.evaluator import RetrievalEvaluator
+from lightning_retrieval.retrieval.index import ExactIndex
+from lightning_retrieval.retrieval.merging import RoundRobinMerger, first_occurrences
+
+DEPTH = 50
+
+
+def per_user(config: Path, run_dir: Path) -> pd.DataFrame:
+    """One row per test user of the run's test checkpoint: the quantities of the module docstring."""
+    ckpt = max(run_dir.rglob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    model, datamodule = build_from_config(str(config))
+    collector = QueryCollector()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[collector],
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False)
+    out = collector.collected
+    rows = out["eval_row"]
+    eval_set = datamodule.evaluation_set("test")
+    targets, exclude = take_rows(eval_set.targets, rows), take_rows(eval_set.exclude, rows)
+    vectors, served = out["user_embeddings"], out["served"].astype(bool)  # [U, K, D], [U, K]
+    n_users, k = served.shape
+    n_items = datamodule.num_items
+    item_cluster = datamodule.source.item_clusters()[datamodule.item_ids.astype(np.int64)]  # [N] by item index
+    users, slots = np.nonzero(served)
+    found, scores, _ = RetrievalEvaluator(ks=[DEPTH], metrics=[]).retrieve(
+        ExactIndex().build(collector.items), vectors[users, slots], take_rows(exclude, users), DEPTH
+    )
+    grid = np.full((n_users, k, DEPTH), -1, dtype=np.int64)
+    grid_scores = np.full((n_users, k, DEPTH), -np.inf, dtype=np.float32)
+    grid[users, slots], grid_scores[users, slots] = found, scores
+    merged, _ = RoundRobinMerger().merge(grid, grid_scores, served, DEPTH)  # [U, DEPTH]
+    keys, n_targets, user_rows = targets.keys(n_items), np.maximum(targets.lengths, 1), np.arange(n_users)
+
+    def recall(items: np.ndarray) -> np.ndarray:
+        return (hits_of(items, user_rows, keys, n_items) & first_occurrences(items)).sum(1) / n_targets
+
+    # the user's own clusters: those of their history (the excluded seen items), as a [U, C] indicator
+    n_clusters = int(item_cluster.max()) + 1
+    own = np.zeros((n_users, n_clusters), dtype=bool)
+    seen_rows = np.repeat(user_rows, exclude.lengths)
+    own[seen_rows, item_cluster[exclude.values]] = True
+    in_list = merged >= 0
+    cluster_of = np.where(in_list, item_cluster[np.maximum(merged, 0)], -1)
+    hits_own = own[user_rows[:, None], np.maximum(cluster_of, 0)] & in_list
+    covered = np.zeros_like(own)
+    covered[np.repeat(user_rows, DEPTH)[in_list.ravel()], cluster_of[in_list]] = True
+    # per served slot: its top-50's most frequent cluster and that cluster's share
+    slot_clusters = np.where(grid >= 0, item_cluster[np.maximum(grid, 0)], n_clusters)  # [U, K, DEPTH]
+    counts = np.zeros((n_users, k, n_clusters + 1))
+    np.add.at(counts, (user_rows[:, None, None], np.arange(k)[None, :, None], slot_clusters), 1.0)
+    counts = counts[..., :n_clusters]
+    purity = counts.max(-1) / np.maximum(counts.sum(-1), 1)  # [U, K]
+    top_cluster = np.where(served, counts.argmax(-1), -1)
+    ordered = np.sort(top_cluster, 1)  # unused slots (-1) first
+    new = np.concatenate([ordered[:, :1] >= 0, ordered[:, 1:] != ordered[:, :-1]], 1) & (ordered >= 0)
+    distinct = new.sum(1)
+    slot_recall = np.stack([recall(np.where(served[:, j, None], grid[:, j], -1)) for j in range(k)], 1)
+    similarity = interest_similarity(vectors, served) if k > 1 else np.full(n_users, np.nan)
+    segments = datamodule.user_segments("test")["num_interests"][rows]
+    return pd.DataFrame(
+        {
+            "num_interests": segments,
+            "merged R@50": recall(merged),
+            "union R@50": recall(np.where(served[:, :, None], grid, -1).reshape(n_users, -1)),
+            "best slot R@50": np.where(served, slot_recall, -1).max(1),
+            "in own clusters": hits_own.sum(1) / np.maximum(in_list.sum(1), 1),
+            "own clusters covered": (covered & own).sum(1) / np.maximum(own.sum(1), 1),
+            "slot purity": np.where(served, purity, 0).sum(1) / np.maximum(served.sum(1), 1),
+            "distinct slot clusters": distinct / np.maximum(np.minimum(served.sum(1), own.sum(1)), 1),
+            "served": served.sum(1).astype(np.float64),
+            "query cosine": np.asarray(similarity, dtype=np.float64),
+        }
+    )
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["two_tower", "dcm", "multihead_attention"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix", default="synthetic_")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs/synthetic_interests_diagnostics.md")
+    args = parser.parse_args()
+    frames = []
+    for model in args.models:
+        name = f"{args.prefix}{model}"
+        config = ROOT / "configs/synthetic_interests" / f"{name}.yaml"
+        frame = per_user(config, ROOT / "runs" / name / f"seed_{args.seed}")
+        interests = frame.pop("num_interests").to_numpy()
+        frames.append(frame.assign(model=model, interests=np.where(interests >= 3, ">=3", interests.astype(str))))
+    table = pd.concat(frames).groupby(["model", "interests"], sort=False).mean()
+    table["users"] = pd.concat(frames).groupby(["model", "interests"], sort=False).size()
+    table = table.reindex(pd.MultiIndex.from_product([args.models, ["1", "2", ">=3"]], names=table.index.names))
+    text = (
+        "# Synthetic multi-interest benchmark: do the served queries find the planted interests?\n\n"
+        f"`python benchmarks/synthetic_interests_diagnostics.py --models {' '.join(args.models)} --seed {args.seed} "
+        f"--prefix {args.prefix}` (the test checkpoints of `docs/synthetic_interests_results*.md`'s seed "
+        f"{args.seed} runs). Columns: see the script's docstring; means over the test users of each segment.\n\n"
+        + markdown(table.reset_index())
+        + "\n"
+    )
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
