@@ -29,7 +29,7 @@ export WANDB_MODE ?= offline
 export WANDB_DIR ?= $(CURDIR)/runs
 export WANDB_CACHE_DIR ?= $(CURDIR)/runs/.wandb-cache
 
-.PHONY: install test lint strip-notebooks demo bench bench-gpu tables tables-multi-interest tables-crossing tables-conditional tables-synergised clean
+.PHONY: install test lint strip-notebooks demo bench bench-gpu tables tables-multi-interest tables-crossing tables-crossing-synthetic tables-conditional tables-synergised tables-remi tables-synthetic-interests synthetic-regime tables-multi-interest-users dcm-gap clean
 
 $(VENV)/.installed-$(HOST): pyproject.toml $(LOCK)
 	@if [ -e $(VENV)/.installed-$(OTHER_HOST) ]; then \
@@ -82,6 +82,7 @@ $(PEERS_VENV)/.installed: requirements/peers.txt
 # the peer benchmarks (about 30 min on 2 CPU cores); results land in benchmarks/results/
 bench: install $(PEERS_VENV)/.installed
 	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python peer_comparison.py
+	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python training_throughput.py
 	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
 	cd benchmarks && ../$(VENV)/bin/python eval_throughput.py
 	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py
@@ -102,10 +103,10 @@ SEEDS ?= 0 1 2
 TABLES_DIR ?= docs
 TABLES_ARGS ?=
 TABLES_ENV = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-MULTI_INTEREST_CONFIGS ?= configs/two_tower.yaml configs/dcm.yaml configs/multihead_attention.yaml \
-  configs/dynamic_routing.yaml configs/preclustering.yaml
-CROSSING_CONFIGS ?= configs/masknet.yaml configs/dhen.yaml configs/transformer.yaml configs/dcnv2.yaml \
-  configs/popularity.yaml
+MULTI_INTEREST_MODELS ?= two_tower dcm dcm_k7 multihead_attention dynamic_routing preclustering
+MULTI_INTEREST_CONFIGS ?= $(MULTI_INTEREST_MODELS:%=configs/%.yaml)
+CROSSING_CONFIGS ?= configs/mlp_features.yaml configs/masknet.yaml configs/dhen.yaml configs/transformer.yaml \
+  configs/dcnv2.yaml configs/popularity.yaml
 CONDITIONAL_CONFIGS ?= configs/conditional/index.yaml configs/conditional/lr.yaml configs/conditional/lr_filter.yaml \
   configs/conditional/cr.yaml configs/conditional/cr_filter.yaml
 COMPARE = $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval compare
@@ -116,10 +117,56 @@ tables-multi-interest: install
 	$(COMPARE) $(MULTI_INTEREST_CONFIGS) --seeds $(SEEDS) --reference two_tower \
 	  --output $(TABLES_DIR)/multi_interest_results.md -- $(TABLES_ARGS)
 
-# the two-tower reference: the multi-interest table's runs, read back (same seeds)
+# the same models under the user split (configs/user_split/: ComiRec's 8:1:1 held-out users), runs/<name>_users/
+tables-multi-interest-users: install
+	$(COMPARE) $(MULTI_INTEREST_MODELS:%=configs/user_split/%_users.yaml) --seeds $(SEEDS) --reference two_tower_users \
+	  --output $(TABLES_DIR)/multi_interest_results_users.md -- $(TABLES_ARGS)
+
+# where DCM's recall goes (docs/dcm_gap.md): per-slot, union-of-lists and merged recall of the multi-interest table's
+# runs, then the one-seed variants (runs/dcm_gap/NAME/seed_0), each trained once and measured
+DCM_GAP = $(TABLES_ENV) $(VENV)/bin/python benchmarks/dcm_gap.py
+QUERIES_ARG = --model.init_args.queries.init_args
+dcm-gap: install
+	$(DCM_GAP) two_tower --config configs/two_tower.yaml --runs $(SEEDS:%=runs/two_tower/seed_%)
+	$(DCM_GAP) multihead_attention --config configs/multihead_attention.yaml --runs $(SEEDS:%=runs/multihead_attention/seed_%)
+	$(DCM_GAP) dynamic_routing --config configs/dynamic_routing.yaml --runs $(SEEDS:%=runs/dynamic_routing/seed_%)
+	$(DCM_GAP) dcm_k4_keep --config configs/dcm.yaml --runs $(SEEDS:%=runs/dcm/seed_%)
+	$(DCM_GAP) dcm_k4_replace --config configs/dcm.yaml --fit $(SEEDS) -- $(QUERIES_ARG).history_field=replace
+	$(DCM_GAP) dcm_k7 --config configs/dcm_k7.yaml --fit 0
+	$(DCM_GAP) dcm_k4_keep_soft --config configs/dcm.yaml --fit 0 -- $(QUERIES_ARG).selection=soft \
+	  $(QUERIES_ARG).selection_power=20
+
+# crossing blocks on the item side features (base/data_features.yaml) against the plain MLP on the same features
+# (mlp_features: only the crossing differs); the IDs-only two-tower is the multi-interest table's runs, read back.
+# 15 fits + 18 tests: roughly 20 min on an idle 2-core machine (from single-run fit times), 2-3 h when other
+# training jobs share it.
 tables-crossing: install
-	$(COMPARE) $(CROSSING_CONFIGS) --runs runs/two_tower --seeds $(SEEDS) --reference two_tower \
+	$(COMPARE) $(CROSSING_CONFIGS) --runs runs/two_tower --seeds $(SEEDS) --reference mlp_features \
 	  --output $(TABLES_DIR)/crossing_results.md -- $(TABLES_ARGS)
+
+# crossing blocks vs the MLP on synthetic_crosses (docs/crossing_synthetic_results.md) at cross_strength 1, 0.5 and
+# 0; the controls at 1 (wide MLP, IDs-only MLP) read the MLP and MaskNet runs back; the exact-loss diagnostics
+# (benchmarks/crossing_diagnostics.py); sparse histories (3000 users x 4 interactions, cross_strength 1); the oracle
+# and random reference points (benchmarks/crossing_oracle.py)
+CROSS_SYN = configs/crossing_synthetic
+CROSS_SYN_BLOCKS = mlp masknet dhen transformer dcnv2
+tables-crossing-synthetic: install
+	$(COMPARE) $(foreach b,$(CROSS_SYN_BLOCKS) dhen_branch_norm,$(CROSS_SYN)/$(b)_cross1.yaml) --seeds $(SEEDS) \
+	  --reference mlp_cross1 --output $(TABLES_DIR)/crossing_synthetic/cross1.md -- $(TABLES_ARGS)
+	$(COMPARE) $(CROSS_SYN)/mlp_wide_cross1.yaml $(CROSS_SYN)/mlp_ids_cross1.yaml --runs runs/mlp_cross1 \
+	  runs/masknet_cross1 --seeds $(SEEDS) --reference mlp_cross1 --output $(TABLES_DIR)/crossing_synthetic/controls.md \
+	  -- $(TABLES_ARGS)
+	$(COMPARE) $(foreach b,$(CROSS_SYN_BLOCKS),$(CROSS_SYN)/$(b)_cross05.yaml) --seeds $(SEEDS) \
+	  --reference mlp_cross05 --output $(TABLES_DIR)/crossing_synthetic/cross05.md -- $(TABLES_ARGS)
+	$(COMPARE) $(foreach b,$(CROSS_SYN_BLOCKS),$(CROSS_SYN)/$(b)_cross0.yaml) --seeds $(SEEDS) \
+	  --reference mlp_cross0 --output $(TABLES_DIR)/crossing_synthetic/cross0.md -- $(TABLES_ARGS)
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/crossing_diagnostics.py --seeds $(SEEDS) \
+	  > $(TABLES_DIR)/crossing_synthetic/diagnostics.jsonl
+	$(COMPARE) $(foreach b,$(CROSS_SYN_BLOCKS) mlp_ids,$(CROSS_SYN)/$(b)_sparse_cross1.yaml) --seeds $(SEEDS) \
+	  --reference mlp_sparse_cross1 --output $(TABLES_DIR)/crossing_synthetic/sparse_cross1.md -- $(TABLES_ARGS)
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/crossing_oracle.py > $(TABLES_DIR)/crossing_synthetic/reference_points.jsonl
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/crossing_oracle.py --cross-strength 1 --num-users 3000 \
+	  --interactions-per-user 4 >> $(TABLES_DIR)/crossing_synthetic/reference_points.jsonl
 
 tables-conditional: install
 	$(COMPARE) $(CONDITIONAL_CONFIGS) --seeds $(SEEDS) --reference lr \
@@ -129,6 +176,48 @@ tables-conditional: install
 tables-synergised: install
 	$(COMPARE) configs/conditional/synergised.yaml --runs runs/two_tower runs/dcm --seeds $(SEEDS) --reference two_tower \
 	  --output $(TABLES_DIR)/synergised_results.md -- $(TABLES_ARGS)
+
+# REMI's training fixes on and off (docs/remi_results.md): each interest model plain (the reference), with routing
+# regularisation (_rr) and with interest-aware hard negatives (_ihn), paired on the same users. A short schedule
+# (REMI_ARGS: 100 training steps, one epoch) so that 18 runs fit about 25 minutes of one core: early training only.
+# Then the routing of every run (benchmarks/results/remi_routing.md).
+REMI_ARGS ?= --trainer.max_epochs=1 --trainer.limit_train_batches=100
+tables-remi: install
+	$(COMPARE) configs/remi/remi_dcm.yaml configs/remi/remi_dcm_rr.yaml configs/remi/remi_dcm_ihn.yaml --seeds $(SEEDS) \
+	  --reference remi_dcm --output $(TABLES_DIR)/remi_results_dcm.md -- $(REMI_ARGS) $(TABLES_ARGS)
+	$(COMPARE) configs/remi/remi_sa.yaml configs/remi/remi_sa_rr.yaml configs/remi/remi_sa_ihn.yaml --seeds $(SEEDS) \
+	  --reference remi_sa --output $(TABLES_DIR)/remi_results_sa.md -- $(REMI_ARGS) $(TABLES_ARGS)
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/remi_routing.py configs/remi/remi_dcm.yaml configs/remi/remi_dcm_rr.yaml \
+	  configs/remi/remi_dcm_ihn.yaml configs/remi/remi_sa.yaml configs/remi/remi_sa_rr.yaml configs/remi/remi_sa_ihn.yaml \
+	  --seeds $(SEEDS)
+
+# The synthetic multi-interest benchmark (docs/synthetic_interests_results*.md): the two-tower and four interest modules
+# on configs/synthetic_interests/ under leave_last_out, then under the user split; then recall@50 by number of
+# interests per model with intervals, paired tests, the share of the two-tower's drop closed, and the curve's plot.
+# synthetic_dcm_mass (leave_last_out): synthetic_dcm's checkpoints tested with the routing-mass serving budget; then
+# the table again with every row.
+SYNTHETIC_MODELS = two_tower dcm multihead_attention dynamic_routing preclustering
+SYNTHETIC_USERS_MODELS ?= two_tower dcm multihead_attention  # the committed user-split table: these three (CPU time)
+tables-synthetic-interests: install
+	$(COMPARE) $(SYNTHETIC_MODELS:%=configs/synthetic_interests/synthetic_%.yaml) --seeds $(SEEDS) \
+	  --reference synthetic_two_tower --output $(TABLES_DIR)/synthetic_interests_results.md -- $(TABLES_ARGS)
+	for s in $(SEEDS); do $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval test \
+	  --config configs/synthetic_interests/synthetic_dcm_mass.yaml --seed_everything=$$s \
+	  --ckpt_path $$(ls -t runs/synthetic_dcm/seed_$$s/checkpoints/epoch=*.ckpt | head -1) \
+	  --trainer.default_root_dir=runs/synthetic_dcm_mass/seed_$$s --trainer.enable_progress_bar=false $(TABLES_ARGS) \
+	  || exit 1; done
+	$(COMPARE) --runs $(SYNTHETIC_MODELS:%=runs/synthetic_%) runs/synthetic_dcm_mass --seeds $(SEEDS) \
+	  --reference synthetic_two_tower --output $(TABLES_DIR)/synthetic_interests_results.md
+	$(COMPARE) $(SYNTHETIC_USERS_MODELS:%=configs/synthetic_interests/synthetic_users_%.yaml) --seeds $(SEEDS) \
+	  --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md -- $(TABLES_ARGS)
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_curve.py --seeds $(SEEDS) --output-dir $(TABLES_DIR)
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_diagnostics.py --seed $(firstword $(SEEDS)) \
+	  --output $(TABLES_DIR)/synthetic_interests_diagnostics.md
+
+# how the synthetic benchmark's regime was chosen (docs/synthetic_interests_regime.md): the two-tower, one seed, a short
+# budget, over a few data settings
+synthetic-regime: install
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_regime.py --output docs/synthetic_interests_regime.md
 
 clean:
 	rm -rf runs lightning_logs wandb .pytest_cache
