@@ -210,6 +210,13 @@ tables-synthetic-interests: install
 	  --reference synthetic_two_tower --output $(TABLES_DIR)/synthetic_interests_results.md
 	$(COMPARE) $(SYNTHETIC_USERS_MODELS:%=configs/synthetic_interests/synthetic_users_%.yaml) --seeds $(SEEDS) \
 	  --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md -- $(TABLES_ARGS)
+	for s in $(SEEDS); do $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval test \
+	  --config configs/synthetic_interests/synthetic_users_dcm_mass.yaml --seed_everything=$$s \
+	  --ckpt_path $$(ls -t runs/synthetic_users_dcm/seed_$$s/checkpoints/epoch=*.ckpt | head -1) \
+	  --trainer.default_root_dir=runs/synthetic_users_dcm_mass/seed_$$s --trainer.enable_progress_bar=false $(TABLES_ARGS) \
+	  || exit 1; done
+	$(COMPARE) --runs $(SYNTHETIC_USERS_MODELS:%=runs/synthetic_users_%) runs/synthetic_users_dcm_mass --seeds $(SEEDS) \
+	  --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md
 	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_curve.py --seeds $(SEEDS) --output-dir $(TABLES_DIR)
 	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_diagnostics.py --seed $(firstword $(SEEDS)) \
 	  --output $(TABLES_DIR)/synthetic_interests_diagnostics.md
