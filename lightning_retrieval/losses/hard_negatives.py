@@ -81,15 +81,12 @@ class HardNegativeSoftmaxLoss(SampledSoftmaxLoss):
     ) -> torch.Tensor:
         """The parent's corrected, masked logits ``[B, C + M]`` with every negative column ``c`` of row u set to
         ``s_uc + log w_uc + log N_hat_u``; the positive column and masked columns are left as they are."""
-        corrected = super().logits(user, item, item_ids, item_log_q, neg, neg_ids, neg_log_q, positives)
+        scores, log_counts = self.scores_and_log_counts(user, item, item_log_q, neg, neg_log_q)
+        corrected = self.corrected_logits(scores, log_counts, item_ids, neg_ids, positives)
         rows = torch.arange(user.shape[0], device=user.device)
         positives = rows if positives is None else positives
-        candidates = item if neg is None else torch.cat([item, neg])
-        scores = user @ candidates.T * self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
-        log_counts = torch.zeros(candidates.shape[0], dtype=scores.dtype, device=scores.device)
-        if self.logq_correction:
-            in_batch = item_log_q + math.log(item.shape[0])
-            log_counts = in_batch if neg is None else torch.cat([in_batch, neg_log_q])
+        if log_counts is None:  # every column counts once
+            log_counts = torch.zeros(scores.shape[1], dtype=scores.dtype, device=scores.device)
         log_counts = log_counts[None, :].expand_as(scores)
         negative = torch.isfinite(corrected)
         negative[rows, positives] = False

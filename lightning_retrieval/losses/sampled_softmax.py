@@ -83,23 +83,33 @@ class SampledSoftmaxLoss(RetrievalLoss):
     ) -> torch.Tensor:
         """Corrected, masked logits ``[B, C + M]`` over ``C`` in-batch columns (``C = B`` on one process);
         the positive of row i is column ``positives[i]`` (default i)."""
+        scores, log_counts = self.scores_and_log_counts(user, item, item_log_q, neg, neg_log_q)
+        return self.corrected_logits(scores, log_counts, item_ids, neg_ids, positives)
+
+    def scores_and_log_counts(
+        self, user, item, item_log_q, neg=None, neg_log_q=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled scores ``<u, v> / tau`` ``[B, C + M]`` (in-batch columns, then corpus negatives) and each column's
+        logQ offset ``[C + M]`` (log expected count: ``log(C q_j)`` in-batch, the sampler's for negatives; None
+        without ``logq_correction``)."""
         scale = self.log_inverse_temperature.clamp(max=self.max_log_inverse).exp()
-        logits = user @ item.T * scale
-        rows = torch.arange(user.shape[0], device=user.device)
+        scores = user @ item.T * scale
+        log_counts = item_log_q + math.log(item.shape[0]) if self.logq_correction else None
+        if neg is not None:
+            scores = torch.cat([scores, user @ neg.T * scale], dim=1)
+            log_counts = torch.cat([log_counts, neg_log_q]) if log_counts is not None else None
+        return scores, log_counts
+
+    def corrected_logits(self, scores, log_counts, item_ids, neg_ids=None, positives=None) -> torch.Tensor:
+        """``scores`` minus the logQ offsets, with every other column holding a row's positive item set to -inf."""
+        rows = torch.arange(scores.shape[0], device=scores.device)
         positives = rows if positives is None else positives
-        if self.logq_correction:
-            logits = logits - (item_log_q + math.log(item.shape[0]))[None, :]
+        logits = scores if log_counts is None else scores - log_counts[None, :]
         if self.mask_duplicates:
-            same = item_ids[None, :] == item_ids[positives][:, None]
+            ids = item_ids if neg_ids is None else torch.cat([item_ids, neg_ids])
+            same = ids[None, :] == item_ids[positives][:, None]
             same[rows, positives] = False
             logits = logits.masked_fill(same, float("-inf"))
-        if neg is not None:
-            neg_logits = user @ neg.T * scale
-            if self.logq_correction:
-                neg_logits = neg_logits - neg_log_q[None, :]
-            if self.mask_duplicates:
-                neg_logits = neg_logits.masked_fill(neg_ids[None, :] == item_ids[positives][:, None], float("-inf"))
-            logits = torch.cat([logits, neg_logits], dim=1)
         return logits
 
     def forward(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:
