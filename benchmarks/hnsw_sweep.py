@@ -1,26 +1,33 @@
-"""HNSW speed/recall curve: sweep M (build) and efSearch (search) on the clustered benchmark vectors.
+"""HNSW speed/recall curve: sweep the graph (M, efConstruction, vector storage) and efSearch on clustered vectors.
 
-    python benchmarks/hnsw_sweep.py [--items 1000000] [--queries 5000] [--m 16,32] [--ef 100,128,160,256]
+    python benchmarks/hnsw_sweep.py [--items 1000000] [--queries 5000] [--builds 32:80 12:200 HNSW16,SQ8]
+        [--ef 100,128,160] [--append]
 
-Same data as ``index_comparison.py`` (a mixture of Gaussian clusters, L2-normalised). For every M one index is
-built (efConstruction ``--ef-construction``), then searched at every efSearch (``max(efSearch, k)``). Queries/s
-are relative to the exact FAISS index (``IndexFlatIP``) searched in the same run, interleaved with the HNSW
-searches, best of ``--repeats``; recall@k is the share of the exact top-k returned. Seconds are this process's
-CPU time (one thread: ``OMP_NUM_THREADS=1``, set here), so other work on a shared machine does not count.
+Same data as ``index_comparison.py`` (a mixture of Gaussian clusters, L2-normalised). Every ``--builds`` entry is
+one index: ``M:efConstruction`` is the ``hnsw`` backend (``IndexHNSWFlat``), anything else a FAISS factory string
+through the ``faiss_factory`` backend (e.g. ``HNSW16,SQ8``: 8-bit scalar-quantised vectors in the graph, FAISS's
+default efConstruction 40); each is searched at every efSearch (``max(efSearch, k)``). The result files are
+rewritten after every build, so a sweep cut short keeps the builds it finished; ``--append`` keeps the rows of
+the previous result file (same data arguments) and adds this run's. Queries/s are relative to the exact FAISS
+index (``IndexFlatIP``) searched in the same run, interleaved with the HNSW searches, best of ``--repeats``;
+recall@k is the share of the exact top-k returned. Seconds are this process's CPU time (one thread:
+``OMP_NUM_THREADS=1``, set here), so other work on a shared machine does not count.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import time
 
 import numpy as np
 from index_comparison import clustered
 
-from lightning_retrieval.retrieval.index import ExactIndex, HNSWIndex
+from lightning_retrieval.retrieval.index import ExactIndex, FaissFactoryIndex, HNSWIndex
 
-from _common import one_thread, write_result
+from _common import RESULTS, one_thread, write_result
 
 
 def timed_search(index, queries: np.ndarray, k: int, repeats: int) -> tuple[float, np.ndarray]:
@@ -32,6 +39,81 @@ def timed_search(index, queries: np.ndarray, k: int, repeats: int) -> tuple[floa
     return best, ids
 
 
+def make_index(build: str):
+    """``"32:200"`` -> the ``hnsw`` backend (M, efConstruction); any other string -> ``faiss_factory``."""
+    pair = re.fullmatch(r"(\d+):(\d+)", build)
+    if pair:
+        return HNSWIndex(m=int(pair[1]), ef_construction=int(pair[2]))
+    if "HNSW" not in build:
+        raise SystemExit(f"--builds: expected M:efConstruction (e.g. 32:200) or an HNSW factory string, got {build!r}")
+    return FaissFactoryIndex(factory=build)
+
+
+def describe(build: str) -> str:
+    pair = re.fullmatch(r"(\d+):(\d+)", build)
+    if pair:
+        return f"hnsw M={pair[1]}, efConstruction={pair[2]}"
+    return f"faiss_factory `{build}` (efConstruction 40)"
+
+
+def report(args, rows: list[dict], exact_qps: float, done: int, planned: int) -> None:
+    """Write the curve measured so far; each row's ratio is against the exact search of its own run."""
+    for r in rows:
+        if r["run"] == "this":
+            r["exact_queries_per_second"] = exact_qps
+        r["speedup_vs_exact"] = r["queries_per_second"] / r["exact_queries_per_second"]
+    good = [r for r in rows if r[f"recall@{args.k}"] >= 0.95 and r["speedup_vs_exact"] >= 10]
+    best = max(good, key=lambda r: r["speedup_vs_exact"]) if good else None
+    runs = sorted({r["command"] for r in rows}, key=lambda c: c != args.command)
+    lines = [
+        f"# HNSW sweep: {args.items:,} x {args.dim}-d clustered vectors, {args.queries:,} queries, k={args.k}",
+        "",
+        *[f"Command: `{c}`." for c in runs],
+        f"Exact (FAISS `IndexFlatIP`) in this run: {exact_qps:,.0f} queries/s, best of the runs interleaved with "
+        "the HNSW searches; each row's ratio is against the exact search of its own run. One thread, seconds "
+        "of process CPU time.",
+        "",
+        f"| index | efSearch | build CPU s | queries/s | / exact | recall@{args.k} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['index']} | {r['ef_search']} | {r['build_seconds']:.0f} | {r['queries_per_second']:,.0f} | "
+            f"{r['speedup_vs_exact']:.1f}x | {r[f'recall@{args.k}']:.3f} |"
+        )
+    lines += [
+        "",
+        (
+            f"**Best setting with recall@{args.k} >= 0.95 and >= 10x exact: {best['index']}, "
+            f"efSearch={best['ef_search']} ({best['speedup_vs_exact']:.1f}x, recall {best[f'recall@{args.k}']:.3f}).**"
+            if best
+            else f"**No setting reached both recall@{args.k} >= 0.95 and 10x exact queries/s.**"
+        ),
+        "",
+        f"Builds measured in this run: {done} of {planned}. 1-min load average at the end: "
+        f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cores shared).",
+    ]
+    if args.note:
+        lines.append(f"Note: {args.note}")
+    stored = [{**r, "run": "earlier"} for r in rows]
+    payload = {"args": vars(args), "exact_queries_per_second": exact_qps, "rows": stored, "best": best}
+    md = write_result("hnsw_sweep", payload, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"written: {md}", flush=True)
+
+
+def earlier_rows(args) -> list[dict]:
+    """Rows of the previous result file, when it measured the same data (``--append``)."""
+    path = RESULTS / "hnsw_sweep.json"
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text())
+    same = ("items", "dim", "queries", "k", "clusters")
+    if any(previous["args"].get(key) != getattr(args, key) for key in same):
+        raise SystemExit(f"--append: {path} measured other data ({', '.join(same)} differ); run without --append")
+    return [{**r, "run": "earlier"} for r in previous["rows"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -39,12 +121,23 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--m", default="16,32")
-    ap.add_argument("--ef", default="100,128,160,256")
-    ap.add_argument("--ef-construction", type=int, default=64)
+    ap.add_argument(
+        "--builds",
+        nargs="+",
+        default=["16:64", "32:80", "12:200", "HNSW16,SQ8", "HNSW32,SQ8"],
+        help="M:efConstruction pairs (hnsw backend) or FAISS factory strings such as HNSW16,SQ8",
+    )
+    ap.add_argument("--ef", default="100,128,160")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--append", action="store_true", help="keep the previous result file's rows")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
+    args.command = (
+        f"python benchmarks/hnsw_sweep.py --items {args.items} --queries {args.queries} --builds "
+        f"{' '.join(args.builds)} --ef {args.ef}" + (" --append" if args.append else "")
+    )
+    indexes = [(build, make_index(build)) for build in args.builds]
+    rows = earlier_rows(args) if args.append else []
     one_thread()
 
     rng = np.random.default_rng(0)
@@ -53,66 +146,34 @@ def main() -> None:
     queries = clustered(rng, args.queries, centers, 0.5 / np.sqrt(args.dim))
     exact = ExactIndex().build(items)
     exact_seconds, truth = timed_search(exact, queries, args.k, args.repeats)
-    rows = []
-    for m in (int(x) for x in args.m.split(",")):
-        index = HNSWIndex(m=m, ef_construction=args.ef_construction)
+    for done, (build, index) in enumerate(indexes, start=1):
         start = time.process_time()
         index.build(items)
-        build = time.process_time() - start
+        build_seconds = time.process_time() - start
         for ef in (int(x) for x in args.ef.split(",")):
-            index.ef_search = ef
+            if isinstance(index, HNSWIndex):
+                index.ef_search = ef
+            else:
+                index.search_params = f"efSearch={ef}"
             seconds, ids = timed_search(index, queries, args.k, args.repeats)
             again, _ = timed_search(exact, queries, args.k, 1)  # the exact side, measured alongside
             exact_seconds = min(exact_seconds, again)
             found = (np.sort(ids, axis=1)[:, :, None] == truth[:, None, :]).any(axis=1)
             rows.append(
                 {
-                    "m": m,
+                    "index": describe(build),
+                    "build": build,
                     "ef_search": max(ef, args.k),
-                    "ef_construction": args.ef_construction,
-                    "build_seconds": build,
+                    "build_seconds": build_seconds,
                     "queries_per_second": args.queries / seconds,
                     f"recall@{args.k}": float(found.mean()),
+                    "run": "this",
+                    "command": args.command,
                 }
             )
             print(rows[-1], flush=True)
-    exact_qps = args.queries / exact_seconds
-    for r in rows:
-        r["speedup_vs_exact"] = r["queries_per_second"] / exact_qps
-    good = [r for r in rows if r[f"recall@{args.k}"] >= 0.95 and r["speedup_vs_exact"] >= 10]
-    best = max(good, key=lambda r: r["speedup_vs_exact"]) if good else None
-    lines = [
-        f"# HNSW sweep: {args.items:,} x {args.dim}-d clustered vectors, {args.queries:,} queries, k={args.k}",
-        "",
-        f"Command: `python benchmarks/hnsw_sweep.py --items {args.items} --queries {args.queries} --m {args.m} "
-        f"--ef {args.ef}`. Exact (FAISS `IndexFlatIP`): {exact_qps:,.0f} queries/s, best of the runs interleaved "
-        "with the HNSW searches; one thread, seconds of process CPU time.",
-        "",
-        f"| M | efSearch | build CPU s | queries/s | / exact | recall@{args.k} |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['m']} | {r['ef_search']} | {r['build_seconds']:.0f} | {r['queries_per_second']:,.0f} | "
-            f"{r['speedup_vs_exact']:.1f}x | {r[f'recall@{args.k}']:.3f} |"
-        )
-    lines += [
-        "",
-        (
-            f"**Best setting with recall@{args.k} >= 0.95 and >= 10x exact: M={best['m']}, "
-            f"efSearch={best['ef_search']} ({best['speedup_vs_exact']:.1f}x, recall {best[f'recall@{args.k}']:.3f}).**"
-            if best
-            else f"**No setting reached both recall@{args.k} >= 0.95 and 10x exact queries/s.**"
-        ),
-        "",
-        f"1-min load average at the end: {os.getloadavg()[0]:.1f} (2 cores shared).",
-    ]
-    if args.note:
-        lines.append(f"Note: {args.note}")
-    payload = {"args": vars(args), "exact_queries_per_second": exact_qps, "rows": rows, "best": best}
-    md = write_result("hnsw_sweep", payload, "\n".join(lines))
-    print("\n".join(lines))
-    print(f"written: {md}")
+        del index
+        report(args, rows, args.queries / exact_seconds, done, len(indexes))
 
 
 if __name__ == "__main__":

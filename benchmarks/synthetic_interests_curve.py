@@ -30,7 +30,17 @@ from synthetic_regime import ROOT, committed_source_args, oracle_by_interests
 from lightning_retrieval.data.synthetic import SyntheticInterestsSource
 from lightning_retrieval.statistics import bootstrap_mean, paired_difference
 
-MODELS = ("two_tower", "dcm", "dcm_mass", "multihead_attention", "dynamic_routing", "preclustering")
+MODELS = (
+    "two_tower",
+    "dcm",
+    "dcm_mass",
+    "dcm_items",
+    "dcm_items_mass",
+    "multihead_attention",
+    "multihead_attention_items",
+    "dynamic_routing",
+    "preclustering",
+)
 SPLITS = {"leave_last_out": "synthetic_", "users": "synthetic_users_"}
 SEGMENTS = ("1", "2", "3", "4", ">=3")
 METRIC = "recall@50"

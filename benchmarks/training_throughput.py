@@ -1,6 +1,6 @@
 """Training examples/s side by side with torch-rechub, in alternating rounds (both sides under the same load).
 
-    python benchmarks/training_throughput.py [--rounds 3] [--batches 20]
+    python benchmarks/training_throughput.py [--rounds 3] [--batches 15]
 
 Pairs at batch 512, width 64, history 50 on our exported MovieLens split: ours ``two_tower`` / YoutubeDNN,
 ``multihead_attention`` / ComiRec-SA, ``dynamic_routing`` / MIND. Each round times ``--batches`` batches of every
@@ -47,7 +47,7 @@ def peers(models: list[str], batches: int, clock: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--batches", type=int, default=15)
     ap.add_argument("--models", default=",".join(PAIRS), help=f"ours, comma-separated: {', '.join(PAIRS)}")
     ap.add_argument(
         "--clock",

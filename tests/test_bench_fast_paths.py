@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_retrieval.models.embeddings import IdEmbeddings
 from lightning_retrieval.models.fast_layers import AttentionLogits
-from lightning_retrieval.models.interests.base import recency_rank, squash
+from lightning_retrieval.models.interests.base import HistoryRows, recency_rank, squash
 from lightning_retrieval.models.interests.dynamic_routing import DynamicRoutingInterests
+from lightning_retrieval.models.interests.self_attention import SelfAttentiveInterests
 
 
 def grads(outputs: dict[str, torch.Tensor] | torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -135,3 +137,155 @@ def test_history_topic_counts_from_the_dense_table_equal_the_scatter_and_a_naive
         for item in history[row][mask[row]].tolist():
             np.add.at(expected, data.item_topics.row(item), 1.0)
         np.testing.assert_array_equal(dense[row].numpy(), expected)
+
+
+@pytest.mark.parametrize("shape", [(50, 30), (1, 2000), (37, 1)], ids=str)
+def test_blocked_attention_logits_equal_the_stock_layers_over_several_blocks(shape):
+    """Blocks of ~1,000 rows: ragged last block, one user longer than a block, one position per user."""
+    torch.manual_seed(0)
+    fast = AttentionLogits(16, 32, 4)
+    stock = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Tanh(), nn.Linear(32, 4, bias=False))
+    stock.load_state_dict(fast.state_dict())
+    x = (torch.randn(*shape, 16) * 2).requires_grad_()
+    got, want = fast(x), stock(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g_fast, g_stock in zip(grads(got, [x, *fast.parameters()]), grads(want, [x, *stock.parameters()])):
+        torch.testing.assert_close(g_fast, g_stock, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), got)  # no graph: same values
+
+
+def test_attention_logits_take_permuted_input_bf16_autocast_and_bf16_weights():
+    """A non-contiguous input gets its gradient in x's shape; autocast and other dtypes run the stock layers
+    (the hand-written products assume float32 throughout)."""
+    torch.manual_seed(0)
+    fast = AttentionLogits(16, 32, 4)
+    stock = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Tanh(), nn.Linear(32, 4, bias=False))
+    stock.load_state_dict(fast.state_dict())
+    x = torch.randn(9, 16, 7).requires_grad_()
+    permuted = x.transpose(1, 2)  # [9, 7, 16], not contiguous
+    got, want = fast(permuted), stock(permuted)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads(got, [x])[0], grads(want, [x])[0], rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto, auto_stock = fast(permuted), stock(permuted)
+        rows, positions = torch.randn(5, 16), torch.randn(3, 16)
+        indexed = fast.indexed(rows, positions, torch.tensor([0, 4, 2]), torch.tensor([1, 0, 2]))
+    assert auto.dtype == auto_stock.dtype == torch.bfloat16 and torch.equal(auto, auto_stock)
+    assert indexed.dtype == torch.bfloat16
+    grads(auto, [x, *fast.parameters()])  # the backward runs
+    half = AttentionLogits(16, 32, 4).to(torch.bfloat16)
+    assert half(permuted.detach().to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_sequence_lookup_equals_the_embedding_layer_values_and_gradients():
+    torch.manual_seed(0)
+    emb = IdEmbeddings(num_users=3, num_items=50, num_topics=0, embedding_dim=8)
+    ids = torch.randint(0, 50, (6, 9))
+    mask = torch.rand(6, 9) > 0.3
+    weight = emb.collection.embedding_bags["item_id"].weight
+    got = emb.sequence("history", ids, mask)
+    want = F.embedding(ids.masked_fill(~mask, 0), weight) * mask[..., None]
+    assert torch.equal(got, want)
+    assert torch.equal(grads(got, [weight])[0], grads(want, [weight])[0])  # repeated ids accumulate alike
+
+
+def test_self_attention_position_lookup_equals_the_embedding_layer():
+    torch.manual_seed(0)
+    module = SelfAttentiveInterests(16, num_interests=3, max_length=20)
+    history = torch.randn(5, 12, 16, requires_grad=True)
+    mask = torch.rand(5, 12) > 0.3
+    got, valid = module(history, mask)
+    keyed = history + module.position(recency_rank(mask))  # the stock embedding layer
+    logits = module.attention(keyed).masked_fill(~mask[:, :, None], float("-inf"))
+    attn = torch.softmax(logits, dim=1).nan_to_num(0.0)
+    want = torch.einsum("blk,bld->bkd", attn, history) * valid[:, :, None]
+    assert torch.equal(got, want)
+    params = [history, *module.parameters()]
+    for g_got, g_want in zip(grads(got, params), grads(want, params)):
+        assert torch.equal(g_got, g_want)
+
+
+@pytest.mark.parametrize("n", [5, 1024 + 64 * 3, 2500], ids=str)
+def test_indexed_attention_logits_equal_the_stock_layers_on_gathered_rows(n):
+    """Per distinct row and position, then gathered: blocks of 1,024 pairs, the last one a multiple of 64 or not."""
+    torch.manual_seed(0)
+    fast = AttentionLogits(16, 32, 4)
+    stock = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Tanh(), nn.Linear(32, 4, bias=False))
+    stock.load_state_dict(fast.state_dict())
+    rows = (torch.randn(40, 16) * 2).requires_grad_()
+    positions = torch.randn(7, 16).requires_grad_()
+    row_index, position_index = torch.randint(0, 40, (n,)), torch.randint(0, 7, (n,))
+    got = fast.indexed(rows, positions, row_index, position_index)
+    want = stock(rows[row_index] + positions[position_index])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    params = [rows, positions]
+    for g_fast, g_stock in zip(grads(got, [*params, *fast.parameters()]), grads(want, [*params, *stock.parameters()])):
+        torch.testing.assert_close(g_fast, g_stock, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_length", [20, 0], ids=["positions", "no_positions"])
+def test_self_attention_on_distinct_history_rows_equals_the_gathered_history(max_length):
+    torch.manual_seed(0)
+    module = SelfAttentiveInterests(16, num_interests=3, max_length=max_length)
+    ids = torch.randint(0, 6, (5, 12))  # few distinct items: rows repeat
+    mask = torch.rand(5, 12) > 0.3
+    mask[4] = False  # a user without history
+    table = torch.randn(6, 16, requires_grad=True)
+    distinct, inverse = torch.unique(ids[mask], return_inverse=True)
+    rows = HistoryRows(table[distinct], torch.zeros_like(ids).masked_scatter_(mask, inverse))
+    history = table[ids] * mask[..., None]
+    torch.testing.assert_close(rows.gather(mask), history, rtol=0, atol=0)
+    got, valid = module(rows.gather(mask), mask, rows=rows)
+    want, valid_want = module(history, mask)
+    assert torch.equal(valid, valid_want)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    params = [table, *module.parameters()]
+    for g_got, g_want in zip(grads(got, params), grads(want, params)):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_rows_gather_to_the_sequence_and_step_aside_for_training_dropout():
+    torch.manual_seed(0)
+    emb = IdEmbeddings(num_users=3, num_items=50, num_topics=0, embedding_dim=8)
+    ids = torch.randint(0, 50, (6, 9))
+    mask = torch.rand(6, 9) > 0.3
+    rows, index = emb.sequence_rows("history", ids, mask)
+    assert rows.shape[0] == ids[mask].unique().numel()
+    assert torch.equal(HistoryRows(rows, index).gather(mask), emb.sequence("history", ids, mask))
+    assert emb.sequence_rows("history", ids, torch.zeros_like(mask)) is None  # nothing valid
+    with pytest.raises(IndexError, match="history"):
+        emb.sequence_rows("history", ids + 50, mask)
+    dropped = IdEmbeddings(num_users=3, num_items=50, num_topics=0, embedding_dim=8, dropout=0.5)
+    assert dropped.sequence_rows("history", ids, mask) is None  # training: every position draws its own mask
+    assert dropped.eval().sequence_rows("history", ids, mask) is not None
+
+
+def test_interest_queries_hand_self_attention_the_distinct_history_rows(movielens_dm):
+    from functools import partial
+
+    from lightning_retrieval.queries import InterestQueries
+    from lightning_retrieval.tasks import RetrievalTask
+
+    batch = next(iter(movielens_dm.train_dataloader()))
+    torch.manual_seed(0)
+    queries = partial(InterestQueries, interests=partial(SelfAttentiveInterests, num_interests=4))
+    task = RetrievalTask(movielens_dm.feature_spec, 16, queries=queries)
+    attention = task.queries.interests.attention
+    calls = []
+    indexed = attention.indexed
+    attention.indexed = lambda *args: calls.append(args[0].shape[0]) or indexed(*args)
+    params = [p for p in task.parameters() if p.requires_grad]
+    torch.manual_seed(1)
+    got = task.compute_loss(batch)
+    got_grads = torch.autograd.grad(got, params, allow_unused=True)
+    assert calls == [batch["history"][batch["history_mask"]].unique().numel()]  # the distinct items' rows
+    task.history_rows = lambda batch: None  # the encoder gives no rows: the module runs on [B, L, D]
+    torch.manual_seed(1)
+    want = task.compute_loss(batch)
+    want_grads = torch.autograd.grad(want, params, allow_unused=True)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g_got, g_want in zip(got_grads, want_grads):
+        if g_want is not None:
+            torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)

@@ -60,3 +60,37 @@ def test_preclustering_forward_is_batch_independent():
         alone, alone_valid = module(history[u : u + 1], mask[u : u + 1])
         torch.testing.assert_close(alone[0], together[u])
         assert alone_valid[0].tolist() == valid[u].tolist()
+
+
+def test_pairwise_distances_equal_the_full_cdist_bit_for_bit():
+    from lightning_retrieval.models.interests.preclustering import pairwise_squared_distances, squared_distances
+
+    x = torch.randn(7, 31, 16, generator=torch.Generator().manual_seed(0))
+    pairs = pairwise_squared_distances(x, block=5)  # 31 is not a multiple of the block
+    assert torch.equal(pairs, squared_distances(x, x))
+    assert torch.equal(pairs, pairs.transpose(1, 2))
+
+
+def test_ward_float32_histories_match_scipy_and_the_given_distance_matrix():
+    """Training-shaped input (float32, width 64, history 50, ragged lengths): scipy's partition at K = 1, 4, 7;
+    passing the distance matrix (as the module does) gives the same labels and leaves the matrix untouched."""
+    from lightning_retrieval.models.interests.preclustering import pairwise_squared_distances
+
+    rng = np.random.default_rng(5)
+    batch, length, dim = 24, 50, 64
+    centres = rng.normal(size=(6, dim))
+    x = (centres[rng.integers(0, 6, size=(batch, length))] + rng.normal(size=(batch, length, dim))).astype(np.float32)
+    lengths = rng.integers(1, length + 1, size=batch)
+    lengths[:3] = length
+    mask = np.arange(length)[None] < lengths[:, None]
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    distances = pairwise_squared_distances(xt)
+    before = distances.clone()
+    for k in (1, 4, 7):
+        labels = ward_labels(xt, mt, k).numpy()
+        assert np.array_equal(labels, ward_labels(xt, mt, k, distances=distances).numpy())
+        for u in range(batch):
+            n = lengths[u]
+            assert (labels[u, n:] == -1).all()
+            assert same_partition(labels[u, :n], scipy_cut(x[u, :n].astype(np.float64), min(k, n))), (k, u)
+    assert torch.equal(distances, before)

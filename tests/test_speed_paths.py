@@ -217,3 +217,19 @@ def test_factory_errors_are_clear():
         FaissFactoryIndex("IVF4,Flat", search_params="nprobes=3").build(items)
     with pytest.raises(ValueError, match="non-empty FAISS factory string"):
         FaissFactoryIndex("  ")
+
+
+def test_callbacks_default_to_the_torch_exact_index_on_cpu_and_faiss_on_a_faiss_gpu_host(monkeypatch):
+    """No index configured: ``exact_torch`` where FAISS sees no GPU, FAISS ``exact`` where it sees one."""
+    from lightning_retrieval.callbacks.conditional_evaluation import ConditionalEvaluation
+    from lightning_retrieval.callbacks.prediction_writer import TopKPredictionWriter
+    from lightning_retrieval.callbacks.retrieval_evaluation import RetrievalEvaluation
+    from lightning_retrieval.retrieval import index as index_module
+
+    def defaults():
+        return [type(c.index) for c in (RetrievalEvaluation(), ConditionalEvaluation(), TopKPredictionWriter())]
+
+    monkeypatch.setattr(index_module, "gpu_count", lambda: 0)
+    assert defaults() == [TorchExactIndex] * 3
+    monkeypatch.setattr(index_module, "gpu_count", lambda: 1)
+    assert defaults() == [ExactIndex] * 3

@@ -13,7 +13,7 @@ from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.registry import register, resolve
 from lightning_retrieval.retrieval.evaluator import id_space
 from lightning_retrieval.retrieval.filtering import FilterMode, TopicFilter, filtered_retrieve
-from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+from lightning_retrieval.retrieval.index import IndexBackend, default_exact_index
 
 
 def condition_queries(targets: CSR, item_topics: CSR, num_topics: int) -> tuple[np.ndarray, np.ndarray, CSR]:
@@ -72,7 +72,7 @@ class ConditionalEvaluation(RetrievalCallback):
     ):
         super().__init__()
         self.ks = sorted(set(ks))
-        self.index = index if index is not None else ExactIndex()
+        self.index = index if index is not None else default_exact_index()
         self.filter = filter
         self.metrics: list[RetrievalMetric] = [resolve("metrics", m)() for m in metrics]
         not_per_query = [m.name for m in self.metrics if not m.per_user]

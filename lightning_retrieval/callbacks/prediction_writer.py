@@ -12,7 +12,7 @@ from lightning_retrieval.callbacks.base import RetrievalCallback
 from lightning_retrieval.data.preparation import take_rows
 from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.evaluator import RetrievalEvaluator
-from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+from lightning_retrieval.retrieval.index import IndexBackend, default_exact_index
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
 
 
@@ -25,7 +25,7 @@ class TopKPredictionWriter(RetrievalCallback):
     Args:
         output_path: ``.parquet`` or ``.csv`` file.
         k: items per user.
-        index: index backend.
+        index: index backend (None: ``exact_torch`` on CPU, FAISS ``exact`` on a faiss-gpu host).
         merger: merges the per-query lists of models with several queries per user (``round_robin``, ``score``).
     """
 
@@ -43,7 +43,7 @@ class TopKPredictionWriter(RetrievalCallback):
             raise ValueError(f"output_path must end in .parquet or .csv, got {output_path!r}")
         self.output_path = Path(output_path)
         self.k = k
-        self.index = index if index is not None else ExactIndex()
+        self.index = index if index is not None else default_exact_index()
         self.merger = merger if merger is not None else RoundRobinMerger()
         self.evaluator = RetrievalEvaluator([k], metrics=[], batch_size=batch_size)
 

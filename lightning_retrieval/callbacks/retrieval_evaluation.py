@@ -14,7 +14,7 @@ from lightning_retrieval.errors import ConfigError
 from lightning_retrieval.registry import register
 from lightning_retrieval.retrieval.corpus import CorpusBuilder, SubsetIndex
 from lightning_retrieval.retrieval.evaluator import DEFAULT_METRICS, RetrievalEvaluator
-from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
+from lightning_retrieval.retrieval.index import IndexBackend, default_exact_index
 from lightning_retrieval.retrieval.merging import ResultMerger, RoundRobinMerger
 from lightning_retrieval.tracking.wandb_setup import log_evaluation_tables
 from lightning_retrieval.validation import positive_int, positive_ints
@@ -48,7 +48,8 @@ class RetrievalEvaluation(RetrievalCallback):
             in its own top k (no merge). Opt-in (each query is searched to depth ``max(union_ks)``); empty: off.
         union_stages: the stages that compute the ``union_ks`` metrics (default ``test`` only: validation picks
             checkpoints by the merged metrics, and the deep per-query search would cost every epoch).
-        index: index backend (None: ``exact``; ``exact_torch``, ``hnsw``, ``ivfpq``, ``faiss_factory``).
+        index: index backend (None: ``exact_torch`` on CPU, FAISS ``exact`` on a faiss-gpu host; ``hnsw``, ``ivfpq``,
+            ``faiss_factory``).
         merger: how multi-embedding models' per-embedding lists become one list (None: ``round_robin``;
             ``score``; ``weighted_budget``: shares in proportion to the query weights, e.g. DCM's routing mass).
         corpus: serving corpus builder (``time_decayed``): index only its items, built from the interactions
@@ -84,7 +85,7 @@ class RetrievalEvaluation(RetrievalCallback):
         positive_int("retrieval_evaluation.batch_size", batch_size)
         positive_int("retrieval_evaluation.corpus_batch_size", corpus_batch_size)
         self.evaluator = RetrievalEvaluator(ks, metrics, batch_size, union_ks)
-        self.index = index if index is not None else ExactIndex()
+        self.index = index if index is not None else default_exact_index()
         self.merger = merger if merger is not None else RoundRobinMerger()
         self.union_stages = tuple(union_stages)
         self.segment_edges = sorted(segment_edges)

@@ -5,7 +5,9 @@ Batch keys (``B`` examples, ``L`` = max history, ``M`` corpus negatives):
     earlier interactions, not only the last L), history_topic_counts [B, T], user_dense [B, Fu], optional
     followed_topics [B, T] (multi-hot, when the users table has a followed-topics column), side features
     user_feature_<name> / user_feature_<name>_lengths (flattened bags; item_feature_<name>, neg_item_feature_<name>),
-    item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B],
+    item [B], item_topics / item_topic_lengths (flattened bags), item_dense [B, Fi], item_log_q [B], optional
+    history_item [H] (+ history_item_ features: the H unique valid history items) and history_item_index [valid
+    history positions] (each valid position's row in history_item, in ``history[history_mask]`` order),
     optional neg_item [M] (+ neg_ features) and neg_log_q [M], batch_key [3] = (seed, epoch, first position) for
     training batches (seeds the model's own random draws: ``epoch_seeds.stream_generator``), eval_row [B] for
     evaluation batches.
@@ -30,11 +32,17 @@ class BatchBuilder:
     """Turns interaction / user / item indices into model-ready tensors."""
 
     def __init__(
-        self, data: PreparedData, max_history: int, item_counts: np.ndarray, side_features: SideFeatures | None = None
+        self,
+        data: PreparedData,
+        max_history: int,
+        item_counts: np.ndarray,
+        side_features: SideFeatures | None = None,
+        history_item_features: bool = False,
     ):
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
         self.max_history = max_history
+        self.history_item_features = history_item_features
         self.user_offsets = torch.from_numpy(data.user_offsets)
         self.inter_user = torch.from_numpy(data.user)
         self.inter_item = torch.from_numpy(data.item)
@@ -89,7 +97,14 @@ class BatchBuilder:
             "user_dense": self.user_dense[users],
             **({"followed_topics": self.followed[users]} if self.followed is not None else {}),
             **self.user_side(users, "user"),
+            **(self.history_items(history, mask) if self.history_item_features else {}),
         }
+
+    def history_items(self, history: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Item features of the unique valid history items (prefix ``history_item``) and ``history_item_index``:
+        the row of each valid position (``history[mask]`` order) among them."""
+        unique, index = torch.unique(history[mask], return_inverse=True)
+        return {**self.item_features(unique, "history_item"), "history_item_index": index}
 
     @staticmethod
     def _item_topic_table(data: PreparedData) -> torch.Tensor | None:

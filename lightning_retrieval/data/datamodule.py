@@ -57,6 +57,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         shuffle: shuffle training examples (off: a fixed order, e.g. to compare 1 and N processes batch by batch).
         duplicates: exact duplicate interaction rows (every column equal): ``keep`` (default) or ``drop``;
             either way their number is in the data report (``duplicate_rows``).
+        history_item_features: also give every batch the item features of its history items (``history_item*``,
+            unique items, and ``history_item_index``), so that a model can embed the history with its item tower
+            (``interests`` queries with ``history_space: items``). Off by default (it costs a lookup per batch).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         duplicates: Literal["keep", "drop"] = "keep",
+        history_item_features: bool = False,
     ):
         super().__init__()
         for name in ("max_history", "batch_size", "eval_batch_size"):
@@ -108,6 +112,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._seed = seed
         self.num_workers = num_workers
         self.shuffle = shuffle
+        self.history_item_features = history_item_features
         self._eval_sets: dict[str, EvaluationSet] = {}
 
     @property
@@ -163,7 +168,7 @@ class RetrievalDataModule(pl.LightningDataModule):
     @cached_property
     def _train_builder(self) -> BatchBuilder:
         counts = self.data.item_counts(before_split=TRAIN + 1)
-        return BatchBuilder(self.data, self.max_history, counts, self.side_features)
+        return BatchBuilder(self.data, self.max_history, counts, self.side_features, self.history_item_features)
 
     def builder_for(self, stage: str) -> BatchBuilder:
         """Builder whose item counts use only interactions visible before ``stage`` (no leakage)."""
@@ -173,11 +178,11 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     @cached_property
     def _builders(self) -> dict[str, BatchBuilder]:
-        d, side = self.data, self.side_features
+        d, side, hist = self.data, self.side_features, self.history_item_features
         return {
-            "val": BatchBuilder(d, self.max_history, d.item_counts(before_split=STAGE_CODES["val"]), side),
-            "test": BatchBuilder(d, self.max_history, d.item_counts(before_split=TEST), side),
-            "predict": BatchBuilder(d, self.max_history, d.item_counts(before_split=TEST + 1), side),
+            "val": BatchBuilder(d, self.max_history, d.item_counts(before_split=STAGE_CODES["val"]), side, hist),
+            "test": BatchBuilder(d, self.max_history, d.item_counts(before_split=TEST), side, hist),
+            "predict": BatchBuilder(d, self.max_history, d.item_counts(before_split=TEST + 1), side, hist),
         }
 
     def evaluation_set(self, stage: str) -> EvaluationSet:

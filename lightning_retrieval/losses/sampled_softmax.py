@@ -84,7 +84,7 @@ class SampledSoftmaxLoss(RetrievalLoss):
         """Corrected, masked logits ``[B, C + M]`` over ``C`` in-batch columns (``C = B`` on one process);
         the positive of row i is column ``positives[i]`` (default i)."""
         scores, log_counts = self.scores_and_log_counts(user, item, item_log_q, neg, neg_log_q)
-        return self.corrected_logits(scores, log_counts, item_ids, neg_ids, positives)
+        return self.corrected_logits(scores, log_counts, item_ids, neg_ids, positives, inplace=True)
 
     def scores_and_log_counts(
         self, user, item, item_log_q, neg=None, neg_log_q=None
@@ -100,16 +100,22 @@ class SampledSoftmaxLoss(RetrievalLoss):
             log_counts = torch.cat([log_counts, neg_log_q]) if log_counts is not None else None
         return scores, log_counts
 
-    def corrected_logits(self, scores, log_counts, item_ids, neg_ids=None, positives=None) -> torch.Tensor:
-        """``scores`` minus the logQ offsets, with every other column holding a row's positive item set to -inf."""
+    def corrected_logits(
+        self, scores, log_counts, item_ids, neg_ids=None, positives=None, inplace: bool = False
+    ) -> torch.Tensor:
+        """``scores`` minus the logQ offsets, with every other column holding a row's positive item set to -inf;
+        ``inplace``: written into ``scores`` (for callers that do not read the scores again; same values)."""
         rows = torch.arange(scores.shape[0], device=scores.device)
         positives = rows if positives is None else positives
-        logits = scores if log_counts is None else scores - log_counts[None, :]
+        logits = scores
+        if log_counts is not None:
+            logits = logits.sub_(log_counts[None, :]) if inplace else logits - log_counts[None, :]
+            inplace = True  # a fresh tensor from here on
         if self.mask_duplicates:
             ids = item_ids if neg_ids is None else torch.cat([item_ids, neg_ids])
             same = ids[None, :] == item_ids[positives][:, None]
             same[rows, positives] = False
-            logits = logits.masked_fill(same, float("-inf"))
+            logits = logits.masked_fill_(same, float("-inf")) if inplace else logits.masked_fill(same, float("-inf"))
         return logits
 
     def forward(self, user, item, item_ids, item_log_q, neg=None, neg_ids=None, neg_log_q=None) -> torch.Tensor:

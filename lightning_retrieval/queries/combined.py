@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning_retrieval.models.conditions.base import ConditionExtractor
 from lightning_retrieval.models.interests.dcm import DifferentiableClusteringModule
 from lightning_retrieval.queries.base import HistoryField, QueryLoss, UserQueries, UserQueryModule, check_history_field
-from lightning_retrieval.queries.interests import InterestFactory, InterestQueries, Selection, ServingRule
+from lightning_retrieval.queries.interests import HistorySpace, InterestFactory, InterestQueries, Selection, ServingRule
 from lightning_retrieval.queries.topics import TopicConditionQueries
 from lightning_retrieval.registry import register
 
@@ -20,7 +20,8 @@ class CombinedQueries(UserQueryModule):
     then one explicit query per serving topic; the evaluator's merger interleaves their lists.
 
     Args: those of ``interests`` and ``topic_conditions``, plus ``explicit_weight``; ``history_field`` applies
-    to both (default ``replace``, as the paper's shared interest field).
+    to both (default ``replace``, as the paper's shared interest field); ``history_space`` (``ids`` or ``items``)
+    is the implicit interests' (``items`` needs ``data.history_item_features: true``).
     """
 
     num_condition_fields = 1
@@ -37,11 +38,19 @@ class CombinedQueries(UserQueryModule):
         serving_rule: ServingRule = "log2",
         history_field: HistoryField = "replace",
         condition_seed: int = 0,
+        history_space: HistorySpace = "ids",
     ):
         super().__init__(embedding_dim, feature_spec)
         self.history_field = check_history_field(history_field)
         self.implicit = InterestQueries(
-            embedding_dim, feature_spec, interests, selection, selection_power, serving_rule, history_field
+            embedding_dim,
+            feature_spec,
+            interests,
+            selection,
+            selection_power,
+            serving_rule,
+            history_field,
+            history_space=history_space,
         )
         self.explicit = TopicConditionQueries(embedding_dim, feature_spec, condition, condition_seed, history_field)
         self.explicit_weight = explicit_weight

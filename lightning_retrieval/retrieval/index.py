@@ -280,12 +280,22 @@ class TorchExactIndex(IndexBackend):
 
 @register("exact")
 class ExactIndex(FaissIndex):
-    """Exhaustive inner-product search (``IndexFlatIP``): the reference, and the default for evaluation."""
+    """Exhaustive inner-product search (``IndexFlatIP``): the reference; the default on a faiss-gpu host."""
 
     exact = True
 
     def _create(self, dim: int, num_vectors: int):
         return faiss.IndexFlatIP(dim)
+
+
+def default_exact_index() -> IndexBackend:
+    """The exact index the callbacks use when none is configured.
+
+    ``exact_torch`` on a CPU-only host (``benchmarks/results/eval_throughput.md``: faster than FAISS
+    ``IndexFlatIP`` at 610 x 9,742, 5,000 x 20,000 and 2,000 x 1M, and it masks seen items before the top-k);
+    FAISS ``exact`` where ``faiss.get_num_gpus() > 0``, so a faiss-gpu host searches on its GPU index.
+    """
+    return ExactIndex() if gpu_count() > 0 else TorchExactIndex()
 
 
 @register("hnsw")

@@ -1,7 +1,8 @@
 """Serving: export a trained model as a self-describing retriever folder and answer users from it.
 
 Folder layout (``manifest.py`` lists the files): ``manifest.json``, ``items.parquet`` (original item ids, vectors,
-topic names), ``index.faiss`` + ``index_ids.npy`` (the configured ANN index and its id map), ``users.parquet`` and
+topic names; for ``history_space: items`` queries also the item tower's dense and side-feature inputs),
+``index.faiss`` + ``index_ids.npy`` (the configured ANN index and its id map), ``users.parquet`` and
 ``user_model.{json,pt}`` (the user side). ``Retriever.load(folder).recommend(histories, k)`` answers with the
 evaluation's own search, seen-item exclusion, merger and topic filters.
 """

@@ -25,7 +25,7 @@ from lightning_retrieval.retrieval.index import ExactIndex, IndexBackend
 from lightning_retrieval.retrieval.merging import RoundRobinMerger
 from lightning_retrieval.serving.index_io import component_args, registry_name, save_index
 from lightning_retrieval.serving.manifest import ITEMS_FILE, USERS_FILE, ArtefactError, write_manifest
-from lightning_retrieval.serving.user_side import NOT_EXPORTABLE, save_user_model
+from lightning_retrieval.serving.user_side import NOT_EXPORTABLE, reads_history_items, save_user_model
 
 SERVING_STAGE = "predict"  # item features see every interaction, as in `predict`
 
@@ -125,12 +125,18 @@ def export_retriever(
     else:
         rows = np.arange(data.num_items)
     index.build(vectors[rows])
+    history_items = reads_history_items(model) or bool(getattr(datamodule, "history_item_features", False))
+    # the item tower's inputs, for queries that embed the request's history items with it (history_space: items)
+    item_side = (getattr(getattr(datamodule, "side_features", None), "items", None) or {}) if history_items else {}
+    item_inputs = {"dense": _vectors_column(data.item_dense)} if history_items else {}
     pq.write_table(
         pa.table(
             {
                 "item_id": pa.array(data.item_ids),
                 "vector": _vectors_column(vectors),
                 "topics": _names_column(data.item_topics, data.topic_names),
+                **item_inputs,
+                **{f"feature_{name}": _ids_column(f.ids) for name, f in item_side.items()},
             }
         ),
         output / ITEMS_FILE,
@@ -187,6 +193,8 @@ def export_retriever(
             "has_followed_topics": bool(data.user_topics.values.size),
             "user_side_features": {name: int(f.num_embeddings) for name, f in side.items()},
             "user_side_feature_coding": {name: f.coding.to_json() for name, f in side.items() if f.coding is not None},
+            "history_item_features": history_items,
+            "item_side_features": {name: int(f.num_embeddings) for name, f in item_side.items()},
             **user_fields,
         },
     )

@@ -21,7 +21,9 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
 # artefact files (relative to the folder)
-ITEMS_FILE = "items.parquet"  # item_id (original), vector [D] float32, topics (original names)
+# item_id (original), vector [D] float32, topics (original names); with history_item_features (history_space: items)
+# also dense [Fi] float32 and feature_<name> id bags of the item side features: the item tower's inputs
+ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"  # user_id (original), dense [Fu] float32, followed_topics (original names)
 INDEX_FILE = "index.faiss"  # faiss.write_index of the CPU index (absent for exact_torch: rebuilt from the vectors)
 INDEX_IDS_FILE = "index_ids.npy"  # [C] int64: row of items.parquet for each index row

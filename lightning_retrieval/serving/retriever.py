@@ -31,7 +31,13 @@ from lightning_retrieval.serving.manifest import (
     ServingRequestError,
     read_manifest,
 )
-from lightning_retrieval.serving.user_side import UserSide, load_user_model, user_table_key
+from lightning_retrieval.serving.user_side import (
+    ItemInputs,
+    UserSide,
+    load_user_model,
+    reads_history_items,
+    user_table_key,
+)
 
 
 @dataclass
@@ -59,6 +65,31 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     if missing:
         raise ArtefactError(f"{path} lacks column(s) {missing}; has {table.column_names}")
     return table
+
+
+def _dense_column(table: pa.Table, column: str, rows: int) -> np.ndarray:
+    """A list<float32> column of ``rows`` equally long rows -> ``[rows, F]`` float32."""
+    values = table.column(column).combine_chunks()
+    width = len(values[0]) if len(values) else 0
+    return np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(rows, width)
+
+
+def _bags_column(table: pa.Table, column: str) -> CSR:
+    """A list<int64> column -> CSR of its id bags."""
+    bags = table.column(column).combine_chunks()
+    offsets = np.asarray(bags.offsets, dtype=np.int64)
+    return CSR(offsets - offsets[0], bags.flatten().to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def _side_columns(table: pa.Table, sizes: dict, path: Path, field: str) -> dict[str, tuple[CSR, int]]:
+    """``{name: (id bags, table rows)}`` from the ``feature_<name>`` columns the manifest ``field`` names."""
+    out = {}
+    for name, size in (sizes or {}).items():
+        column = f"feature_{name}"
+        if column not in table.column_names:
+            raise ArtefactError(f"{path} lacks column {column!r} (manifest {field!r})")
+        out[name] = (_bags_column(table, column), int(size))
+    return out
 
 
 def _names_to_csr(lists, names: pd.Index, what: str, error: type[Exception] = ArtefactError) -> CSR:
@@ -116,25 +147,28 @@ class Retriever:
         users = _read_parquet(folder / USERS_FILE, ["user_id", "dense", "followed_topics"])
         self.user_ids = users.column("user_id").to_numpy()
         self.user_index = pd.Index(self.user_ids)
-        dense = users.column("dense").combine_chunks()
-        width = len(dense[0]) if len(dense) else 0
-        user_dense = np.asarray(dense.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-        user_dense = user_dense.reshape(len(self.user_ids), width)
+        user_dense = _dense_column(users, "dense", len(self.user_ids))
         followed = users.column("followed_topics").combine_chunks()
-        side = {}
-        for name, size in (manifest.get("user_side_features") or {}).items():
-            column = f"feature_{name}"
-            if column not in users.column_names:
-                raise ArtefactError(f"{folder / USERS_FILE} lacks column {column!r} (manifest 'user_side_features')")
-            bags = users.column(column).combine_chunks()
-            offsets = np.asarray(bags.offsets, dtype=np.int64)
-            values = bags.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-            side[name] = (CSR(offsets - offsets[0], values), int(size))
+        side = _side_columns(users, manifest.get("user_side_features"), folder / USERS_FILE, "user_side_features")
+        history_items = None  # folders written before history_space: items was served have no such field
+        if manifest.get("history_item_features", False):
+            if "dense" not in items.column_names:
+                raise ArtefactError(f"{folder / ITEMS_FILE} lacks column 'dense' (manifest 'history_item_features')")
+            history_items = ItemInputs(
+                _dense_column(items, "dense", len(self.item_ids)),
+                _side_columns(items, manifest.get("item_side_features"), folder / ITEMS_FILE, "item_side_features"),
+            )
         self.side_coding = {
             name: FeatureCoding.from_json(name, entry)
             for name, entry in (manifest.get("user_side_feature_coding") or {}).items()
         }
         model = load_user_model(folder)
+        if reads_history_items(model) and history_items is None:
+            raise ArtefactError(
+                f"{folder}: the model embeds the history with its item tower (history_space: items) but the folder "
+                "holds no item inputs for it (manifest 'history_item_features'; exported before such models were "
+                "served): export it again"
+            )
         self.has_user_table = user_table_key(model.state_dict()) is not None
         self.user_side = UserSide(
             model,
@@ -146,6 +180,7 @@ class Retriever:
             bool(manifest.get("has_followed_topics", False)),
             len(self.user_ids) if self.has_user_table else None,
             side,
+            history_items,
         )
         self.evaluator = RetrievalEvaluator(ks=[1], metrics=[], batch_size=1024)
 

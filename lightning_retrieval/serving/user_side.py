@@ -14,11 +14,17 @@ A user unknown to the model (no ``user_id``, or one outside the training data) i
 user*: a row appended to the user-id table at export holding the mean of the table, zero (= mean, the features
 are standardised) dense features, no followed topics and the unknown id of every side feature. A request may
 send side-feature values of its own (``Retriever.user_batch``), encoded with the training coding.
+
+Queries that embed the history with the item tower (``history_space: items``) get the history items' features
+(``history_item*``, as ``data.history_item_features`` gives them in training): the folder then stores every item's
+dense features and side-feature id bags next to its topics (``items.parquet``), and the model's own item tower
+embeds them per request, as in evaluation.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +64,12 @@ def user_queries(model: RetrievalModel, batch: dict[str, torch.Tensor], topics: 
     that asks the model: the task's public ``embed_users`` / ``topic_queries``, both a ``UserQueries``."""
     queries = model.embed_users(batch) if topics is None else model.topic_queries(batch, topics)
     return queries.vectors, queries.valid, queries.weights
+
+
+def reads_history_items(model: torch.nn.Module) -> bool:
+    """True when a query module of the model embeds the history with the item tower (``history_space: items``:
+    ``interests``, ``combined``), so request batches need the history items' features."""
+    return any(getattr(m, "history_space", "ids") == "items" for m in model.modules())
 
 
 def user_table_key(state: dict) -> str | None:
@@ -126,6 +138,15 @@ def load_user_model(folder: Path) -> RetrievalModel:
     return model.eval()
 
 
+@dataclass
+class ItemInputs:
+    """The item tower's inputs besides ids and topics, for every item row: ``dense [N, Fi]`` float32 and the item
+    side features ``{name: (id bags, table rows)}``."""
+
+    dense: np.ndarray
+    side_features: dict[str, tuple[CSR, int]] = field(default_factory=dict)
+
+
 class UserSide:
     """Turns histories and user features into the model's batch, and the batch into query vectors.
 
@@ -139,6 +160,8 @@ class UserSide:
         anonymous_row: user-table row of the anonymous user (None: the model has no user table).
         side_features: user side features (``data.features``): name -> (id bags of the known users, table size);
             the anonymous user gets the reserved unknown id.
+        history_items: the item inputs when the queries embed the history items with the item tower (batches then
+            carry ``history_item*`` features, as with ``data.history_item_features``); None otherwise.
     """
 
     def __init__(
@@ -152,14 +175,22 @@ class UserSide:
         has_followed: bool,
         anonymous_row: int | None,
         side_features: dict[str, tuple[CSR, int]] | None = None,
+        history_items: ItemInputs | None = None,
     ):
         self.model, self.max_history = model, max_history
+        self.history_items = history_items
         self.side_features = dict(side_features or {})  # name -> (ids per known user, table rows)
         self.item_topics, self.num_topics = item_topics, num_topics
         self.user_dense, self.user_topics, self.has_followed = user_dense, user_topics, has_followed
         self.anonymous_row = anonymous_row
         self._item_rows = np.arange(item_topics.num_rows)  # built once: requests must not cost O(items)
-        self._no_item_dense = np.zeros((item_topics.num_rows, 0), dtype=np.float32)
+        self._item_dense = np.zeros((item_topics.num_rows, 0), dtype=np.float32)
+        if history_items is not None:
+            if len(history_items.dense) != item_topics.num_rows:
+                raise ArtefactError(
+                    f"item dense features have {len(history_items.dense)} rows for {item_topics.num_rows} items"
+                )
+            self._item_dense = np.ascontiguousarray(history_items.dense, dtype=np.float32)
 
     def batch(
         self,
@@ -192,7 +223,7 @@ class UserSide:
             item_topics=self.item_topics,
             user_topics=followed,
             item_signature=None,
-            item_dense=self._no_item_dense,
+            item_dense=self._item_dense,
             user_dense=np.ascontiguousarray(dense, dtype=np.float32),
             user=np.append(np.repeat(np.arange(b), lengths), b - 1 if b else 0),
             item=items,
@@ -201,11 +232,10 @@ class UserSide:
             user_offsets=offsets,
             report={},
         )
-        if self.side_features:
-            bags = self._side(user_rows, known, side or {})
-            builder = BatchBuilder(request, self.max_history, np.ones(1, dtype=np.int64), bags)
-        else:
-            builder = BatchBuilder(request, self.max_history, np.ones(1, dtype=np.int64))
+        bags = self._side(user_rows, known, side or {})
+        builder = BatchBuilder(
+            request, self.max_history, np.ones(1, dtype=np.int64), bags, self.history_items is not None
+        )
         batch = builder.user_features(torch.arange(b), torch.from_numpy(offsets[1:]))
         batch["user"] = torch.from_numpy(np.asarray(user_rows, dtype=np.int64))
         if self.has_followed and "followed_topics" not in batch:
@@ -214,9 +244,11 @@ class UserSide:
 
     def _side(self, user_rows: np.ndarray, known: np.ndarray, given: dict[str, CSR]):
         """The request's user side features: the ``given`` bags, else the stored bags of known users and
-        ``[unknown id]`` for the others."""
+        ``[unknown id]`` for the others; and the stored item side features when history items are embedded."""
         from lightning_retrieval.data.features import UNKNOWN, SideFeature, SideFeatures
 
+        item_side = self.history_items.side_features if self.history_items is not None else {}
+        items = {name: SideFeature(name, "items", ids, size, None) for name, (ids, size) in item_side.items()}
         users = {}
         for name, (ids, size) in self.side_features.items():
             if name in given:
@@ -229,7 +261,7 @@ class UserSide:
             values = np.full(offsets[-1], UNKNOWN, dtype=np.int64)
             values[np.repeat(known, lengths)] = bags.values
             users[name] = SideFeature(name, "users", CSR(offsets, values), size, None)
-        return SideFeatures(users=users)
+        return SideFeatures(users=users, items=items)
 
     @torch.no_grad()
     def queries(self, batch: dict[str, torch.Tensor], topics: np.ndarray | None = None):

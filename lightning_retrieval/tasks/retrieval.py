@@ -9,12 +9,14 @@ from torch import nn
 from lightning_retrieval.data.features import batch_key
 from lightning_retrieval.losses.sampled_softmax import RetrievalLoss, SampledSoftmaxLoss
 from lightning_retrieval.models.embeddings import IdEmbeddings
+from lightning_retrieval.models.interests.base import HistoryRows
 from lightning_retrieval.models.pretrained import PretrainedIds
 from lightning_retrieval.models.towers import FeatureCrossingTower, TowerFactory
 from lightning_retrieval.queries.base import QueriesFactory, QueryPenalty, UserQueries, UserQueryModule
 from lightning_retrieval.queries.single import SingleQuery
 from lightning_retrieval.registry import register, retire
 from lightning_retrieval.tasks.base import RetrievalModel
+from lightning_retrieval.tasks.optimizers import multi_tensor_on_cpu
 
 
 @register("retrieval")
@@ -146,6 +148,12 @@ class RetrievalTask(RetrievalModel):
         """``[B, L, D]`` item-table embeddings of the history positions (zeros at padding)."""
         return self.embeddings.sequence("history", batch["history"], batch["history_mask"])
 
+    def history_rows(self, batch: dict[str, torch.Tensor]) -> HistoryRows | None:
+        """The history's distinct item-table rows (:class:`HistoryRows`; their gather equals
+        :meth:`history_embeddings`), or None where the table cannot give them (sharded, ID dropout in training)."""
+        out = self.embeddings.sequence_rows("history", batch["history"], batch["history_mask"])
+        return None if out is None else HistoryRows(*out)
+
     # ---- serving ----
     def embed_users(self, batch) -> UserQueries:
         return self.queries(self, batch)
@@ -220,7 +228,7 @@ class RetrievalTask(RetrievalModel):
         return self.compute_loss(batch)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.dense_parameters())
+        return multi_tensor_on_cpu(self.optimizer_factory(self.dense_parameters()))
 
 
 # The tasks this one replaced: their names now fail with what to write instead.

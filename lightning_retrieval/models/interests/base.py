@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from lightning_retrieval.registry import component_kind
+
+
+@dataclass
+class HistoryRows:
+    """A history as its distinct table rows: ``rows [U, D]`` and ``index [B, L]`` (0 at padding), so that the
+    history is ``rows[index] * mask``. Interest modules with ``takes_history_rows = True`` are also given it
+    (``forward(history, mask, rows=...)``) and may run per-item work once per distinct item."""
+
+    rows: torch.Tensor
+    index: torch.Tensor
+
+    def gather(self, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D]`` history, zeros where ``mask [B, L]`` is False (read from an appended zero row)."""
+        padded = torch.cat([self.rows, self.rows.new_zeros(1, self.rows.shape[1])])
+        index = self.index.masked_fill(~mask, self.rows.shape[0])
+        return padded.index_select(0, index.flatten()).view(*self.index.shape, -1)
 
 
 @component_kind("interests")
@@ -24,10 +42,14 @@ class InterestModule(nn.Module):
     self-attention's attention, dynamic routing's coupling) set it in ``forward`` to that call's routing matrix
     ``[B, K, L]`` (row k: how much each history position feeds interest k; 0 at padding), *with* gradient, so that a
     routing regulariser (registry ``interest_regularizers``) can train it. Read it through :meth:`last_routing`.
+
+    ``takes_history_rows``: the module's ``forward`` also takes ``rows`` (:class:`HistoryRows`, or None), the
+    history's distinct table rows, when the caller has them.
     """
 
     routing_mass: torch.Tensor | None = None
     exposes_routing: bool = False
+    takes_history_rows: bool = False
     routing: torch.Tensor | None = None
 
     def __init__(self, embedding_dim: int, num_interests: int):

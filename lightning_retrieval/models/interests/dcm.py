@@ -35,6 +35,23 @@ class DifferentiableClusteringModule(InterestModule):
         first: ``recent`` or ``random`` (the paper's VA-FPI draws the first centroid at random).
         init_similarity: maxmin initialisation on ``cosine`` (default) or ``dot`` products (the paper's
             ``c_j^T e_i``, under which short vectors look far from everything and become seeds).
+        centroid_scale: what the module returns as the interest (routing itself always uses the squashed
+            centroids, as in the paper): ``squash`` (default, the paper) returns ``squash(Σ_l w_lk S e_l)``, whose
+            norm grows with the cluster's routing mass; ``unit`` returns its direction ``Σ_l w_lk S e_l / |·|``
+            (METHODS.md §3(e) "Centroid scale"), so an interest reaches the user tower at one scale however many
+            history items support it: a cluster of one item reads as that item's direction, not as a near-zero
+            field. Scale-free (no threshold); the support stays in ``routing_mass`` for the serving budget.
+            On the synthetic benchmark (docs/synthetic_interests_dcm_fix.md) ``squash`` slots of routing mass
+            <= 0.5 reach the tower at norm 0.07 and put 8% of their top-50 in the user's own clusters (mass > 4.5:
+            norm 0.84, 99%); ``unit`` alone did not fix that: such a slot's direction was the problem there (its
+            ID rows were noise), which the ``interests`` queries' ``history_space: items`` addresses.
+        min_support: a slot is valid only if at least this many valid history items are routed to it (their
+            largest routing weight is its); the slot with the most items stays valid, so a user with history always
+            keeps one interest. 1 (default) = any slot that received an item. Farthest-point seeding picks each
+            next seed as the item least like the chosen ones, so a cluster of one item is by construction the
+            history's most isolated item (an outlier, or a rarely seen item whose embedding is barely trained),
+            not a recurring interest; 2 serves only clusters that at least two items support. A count, so it
+            does not depend on the embeddings' scale or on K.
     """
 
     exposes_routing = True
@@ -48,6 +65,8 @@ class DifferentiableClusteringModule(InterestModule):
         bilinear: bool = True,
         first: str = "recent",
         init_similarity: str = "cosine",
+        centroid_scale: str = "squash",
+        min_support: int = 1,
     ):
         super().__init__(embedding_dim, num_interests)
         if iterations < 1:
@@ -56,10 +75,16 @@ class DifferentiableClusteringModule(InterestModule):
             raise ValueError(f"first must be 'recent' or 'random', got {first!r}")
         if init_similarity not in ("cosine", "dot"):
             raise ValueError(f"init_similarity must be 'cosine' or 'dot', got {init_similarity!r}")
+        if centroid_scale not in ("squash", "unit"):
+            raise ValueError(f"centroid_scale must be 'squash' or 'unit', got {centroid_scale!r}")
+        if min_support < 1:
+            raise ValueError(f"min_support must be >= 1 (history items per valid slot), got {min_support}")
         self.iterations = iterations
         self.single_assignment = single_assignment
         self.first = first
         self.init_similarity = init_similarity
+        self.centroid_scale = centroid_scale
+        self.min_support = min_support
         self.S = nn.Linear(embedding_dim, embedding_dim, bias=False) if bilinear else None
         if self.S is not None:
             nn.init.eye_(self.S.weight)
@@ -87,13 +112,26 @@ class DifferentiableClusteringModule(InterestModule):
                 winner = torch.nn.functional.one_hot(logits.argmax(-1), self.num_interests).bool()
                 weights = weights * winner
             weights = weights * mask[:, :, None]
-            centroids = squash(torch.einsum("blk,bld->bkd", weights, se))
+            summed = torch.einsum("blk,bld->bkd", weights, se)  # [B, K, D]
+            centroids = squash(summed)
+        if self.centroid_scale == "unit":  # the direction only (an empty slot stays 0)
+            centroids = torch.nn.functional.normalize(summed, dim=-1)
         mass = weights.sum(1)  # [B, K]
         valid = slot_valid & (mass > 0)
+        if self.min_support > 1:
+            valid = valid & self.supported(logits, mask)
         self.last_assignment = weights.detach()
         self.routing = weights.transpose(1, 2)  # [B, K, L] with gradient, for routing regularisers
         self.routing_mass = (mass * valid).detach()
         return centroids, valid
+
+    def supported(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: slots with at least ``min_support`` valid items routed to them (``logits [B, L, K]`` of the
+        last iteration, -inf at invalid slots), plus each user's best-supported slot."""
+        winner = torch.nn.functional.one_hot(logits.argmax(-1), self.num_interests) & mask[:, :, None]
+        support = winner.sum(1)  # [B, K] items per slot
+        best = torch.nn.functional.one_hot(support.argmax(1), self.num_interests).bool()
+        return (support >= self.min_support) | best
 
     def forward_with_mass(
         self, history: torch.Tensor, mask: torch.Tensor

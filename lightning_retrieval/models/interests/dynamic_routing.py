@@ -30,6 +30,9 @@ class DynamicRoutingInterests(InterestModule):
     With ``init: zeros`` and identical maps every capsule is ``squash(Σ_l S e_l / K)`` at every iteration (pairwise
     cosine 1): ``shared`` + ``zeros`` is rejected, and ``per_interest`` + ``zeros`` needs ``bilinear_init: normal``.
 
+    The maps act on pooled vectors (``S_k Σ_l w_lk e_l``, ``(S_k^T c_k) · e_l``), never on every history item: no
+    ``[B, K, L, D]`` tensor of mapped items is formed (it was 6.5M floats at batch 512, history 50, K = 4).
+
     ``routing_mass`` ``[B, K]`` holds ``Σ_l w_lk`` of the last iteration after each call (0 for invalid slots).
 
     Args:
@@ -91,14 +94,16 @@ class DynamicRoutingInterests(InterestModule):
         max_length = self.initial_logits.shape[0]
         if history.shape[1] > max_length and int(n.max()) > max_length:
             raise ValueError(f"a history has {int(n.max())} valid items, more than max_length={max_length}")
-        se = self.mapped_history(history)  # [B, K, L, D], or [B, L, D] for a shared map
         logits = self.initial_logits[recency_rank(mask)].transpose(1, 2)  # [B, K, L]
         keep = mask[:, None, :].to(history.dtype)
         for step in range(self.iterations):
             weights = torch.softmax(logits, dim=1) * keep  # over capsules; padding feeds no capsule
-            capsules = squash(self._pool(weights, se))
-            if step < self.iterations - 1:  # routing logits carry no gradient (as in MIND/ComiRec)
-                logits = logits + self._agreement(capsules, se).detach()
+            last = step == self.iterations - 1
+            with torch.set_grad_enabled(torch.is_grad_enabled() and last):  # only the last capsules are trained
+                capsules = squash(self.apply_maps(torch.bmm(weights, history)))  # S_k Σ_l w_kl e_l
+            if not last:  # routing logits carry no gradient (as in MIND/ComiRec)
+                with torch.no_grad():
+                    logits = logits + self._agreement(capsules, history)
         valid = interests_supported(mask, self.num_interests)
         if self.adaptive_k:
             k_user = torch.clamp(torch.floor(torch.log2(n.clamp(min=1).float())), 1, self.num_interests).long()
@@ -107,26 +112,15 @@ class DynamicRoutingInterests(InterestModule):
         self.routing_mass = (weights.sum(2) * valid).detach()  # [B, K] Σ_l w_lk of the last iteration
         return capsules * valid[:, :, None], valid
 
-    def mapped_history(self, history: torch.Tensor) -> torch.Tensor:
-        """``S_k e_l``: ``[B, K, L, D]`` for per-interest maps, ``[B, L, D]`` for one shared map.
+    def apply_maps(self, vectors: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``S_k v_k`` (``S_k^T v_k`` if ``transpose``) for ``vectors [B, K, D]`` -> ``[B, K, D]``: one batched
+        matmul over the K maps (one ``[B*K, D] x [D, D]`` product for a shared map)."""
+        maps = self.S if transpose else self.S.transpose(1, 2)  # [K or 1, D_in, D_out] acting on rows
+        if maps.shape[0] == 1:
+            return vectors @ maps[0]
+        return torch.bmm(vectors.transpose(0, 1), maps).transpose(0, 1)
 
-        One ``[B*L, D] x [D, K*D]`` product, laid out so the routing products below are batched matmuls over
-        ``B*K`` without copies (an einsum over ``[B, L, K, D]`` copied it at every iteration)."""
-        b, length, d = history.shape
-        maps = self.S.shape[0]
-        se = (history.reshape(b * length, d) @ self.S.reshape(maps * d, d).T).view(b, length, maps, d)
-        return se[:, :, 0] if maps == 1 else se.transpose(1, 2).contiguous()
-
-    @staticmethod
-    def _pool(weights: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
-        """``Σ_l w_kl S_k e_l``: weights ``[B, K, L]`` -> ``[B, K, D]``."""
-        if se.dim() == 3:
-            return torch.bmm(weights, se)
-        return (weights[:, :, None] @ se).squeeze(2)
-
-    @staticmethod
-    def _agreement(capsules: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
-        """``c_k · S_k e_l``: capsules ``[B, K, D]`` -> ``[B, K, L]``."""
-        if se.dim() == 3:
-            return torch.bmm(capsules, se.transpose(1, 2))
-        return (se @ capsules[..., None]).squeeze(-1)
+    def _agreement(self, capsules: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``c_k · S_k e_l = (S_k^T c_k) · e_l``: capsules ``[B, K, D]``, history ``[B, L, D]`` -> ``[B, K, L]``
+        (a transposed view of ``[B, L, K]``: that product is ~2x faster on CPU than ``[B, K, D] x [B, D, L]``)."""
+        return torch.bmm(history, self.apply_maps(capsules, transpose=True).transpose(1, 2)).transpose(1, 2)

@@ -18,7 +18,23 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
 
 
-def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+def pairwise_squared_distances(x: torch.Tensor, block: int = 13) -> torch.Tensor:
+    """``[B, L, D]`` -> ``[B, L, L]`` squared Euclidean distances of every pair of points of a user.
+
+    The same values as ``squared_distances(x, x)`` (each pair computed from its own two rows, so ``d(i, j)`` and
+    ``d(j, i)`` are equal bit for bit): only the blocks on and above the diagonal are computed, the rest mirrored.
+    """
+    batch, length, _ = x.shape
+    out = torch.empty(batch, length, length, dtype=x.dtype, device=x.device)
+    for s in range(0, length, block):
+        e = min(s + block, length)
+        part = squared_distances(x[:, s:e], x[:, s:])  # [B, e - s, L - s]
+        out[:, s:e, s:] = part
+        out[:, s:, s:e] = part.transpose(1, 2)
+    return out
+
+
+def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int, distances: torch.Tensor | None = None) -> torch.Tensor:
     """Ward agglomerative clustering down to (at most) ``k`` clusters per user, batched over users.
 
     Every step merges, for each user still above ``k`` clusters, the pair with the smallest Ward distance
@@ -29,59 +45,126 @@ def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     Each cluster's nearest neighbour is cached, so a step reads ``[B, L]`` minima plus the few rows whose
     neighbour was merged, not the ``[B, L, L]`` matrix. Loop over merge steps (at most L - k), never over users.
 
+    A user with ``n`` points merges in exactly the first ``n - k`` steps, so users are sorted by that count and
+    step ``s`` works on a prefix of the batch (views, no masking); rows and columns are written in place; a
+    merged-away cluster's row and column are left as they are and masked where read. When a third of the slots
+    (or users) are done, the state is compacted to the live slots (in order, so ties break as before). Each
+    point's cluster is read off the merge forest at the end.
+
     Args:
         x: ``[B, L, D]`` points; mask: ``[B, L]`` True for real points.
+        distances: optional ``[B, L, L]`` ``pairwise_squared_distances(x)`` when the caller has them (not
+            modified).
     Returns:
         cluster labels ``[B, L]``: the slot of the cluster's surviving (lowest) member; -1 for padding.
     """
     batch, length, _ = x.shape
-    labels = torch.where(mask, torch.arange(length, device=x.device).expand(batch, -1), -1)
-    remaining = mask.sum(1)
-    if not bool((remaining > k).any()):
-        return labels
-    inf = float("inf")
-    slots = torch.arange(length, device=x.device)
-    dist = squared_distances(x, x)  # [B, L, L]
-    dist = dist.masked_fill(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool), inf)
-    flat = dist.view(batch, length * length)
-    counts = mask.to(x.dtype)
+    if distances is not None and distances.shape != (batch, length, length):
+        raise ValueError(f"distances must be [B, L, L] = {[batch, length, length]}, got {list(distances.shape)}")
+    device, inf = x.device, float("inf")
+    slots = torch.arange(length, device=device)
+    merges = (mask.sum(1) - k).clamp(min=0)  # [B] merge steps of each user
+    if not bool((merges > 0).any()):
+        return torch.where(mask, slots, -1)
+    order = merges.argsort(descending=True, stable=True)
+    mask, merges = mask[order], merges[order]
+    dist = pairwise_squared_distances(x[order]) if distances is None else distances[order]  # a copy either way
+    dist.masked_fill_(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device), inf)
     near, near_to = dist.min(2)  # [B, L] each cluster's nearest-neighbour distance and slot
-    for _ in range(length - k):
-        users = torch.nonzero(remaining > k).squeeze(1)  # users that merge this step
-        if users.numel() == 0:
+    state = _WardState(dist, near, near_to, mask.to(x.dtype), mask.clone(), slots.repeat(batch, 1))
+    parent = slots.repeat(batch, 1)  # [B, L] the slot each cluster was merged into (itself while alive)
+    widest = int(mask[0].sum())  # the first user has the most points
+    for step in range(int(merges[0])):
+        users = int((merges > step).sum())  # users that merge at this step: the first ``users`` of the batch
+        width = widest - step  # the most clusters any of them has left
+        if width <= state.width * 2 // 3 or users <= state.users * 2 // 3:
+            state = state.compact(users, width)
+        state.merge(users, parent)
+    # each point's cluster is the root of its merge chain (pointer jumping: about log2(L) rounds)
+    while True:
+        grand = parent.gather(1, parent)
+        if torch.equal(grand, parent):
             break
-        u = users[:, None]
-        first = near[users].argmin(1)
-        second = near_to[users, first]
-        a, b = torch.minimum(first, second)[:, None], torch.maximum(first, second)[:, None]  # [m, 1], a < b
-        n = counts[users]  # [m, L]
-        n_a, n_b = n.gather(1, a), n.gather(1, b)
-        row_a, row_b = dist[users, a.squeeze(1)], dist[users, b.squeeze(1)]  # [m, L]
-        d_ab = row_a.gather(1, b)
-        merged = ((n_a + n) * row_a + (n_b + n) * row_b - n * d_ab) / (n_a + n_b + n)
-        merged = merged.masked_fill((n == 0) | (slots == a) | (slots == b), inf)  # [m, L] to the cluster a+b
-        # write row and column a (merged) and row and column b (gone) of each merging user's matrix
-        cells = torch.cat([a * length + slots, slots * length + a, b * length + slots, slots * length + b], 1)
-        values = torch.cat([merged, merged, torch.full_like(merged, inf), torch.full_like(merged, inf)], 1)
-        flat.index_put_((u.expand_as(cells), cells), values)
-        counts.index_put_((u, b), torch.zeros_like(n_b))
-        counts.index_put_((u, a), n_a + n_b)
-        remaining[users] -= 1
-        labels[users] = torch.where(labels[users] == b, a, labels[users])
-        # nearest neighbours: the merged cluster, clusters whose neighbour was a or b (recomputed), the others
-        user_near, user_to = near[users], near_to[users]
-        stale = ((user_to == a) | (user_to == b)) & (n > 0)
-        closer = (merged < user_near) | ((merged == user_near) & (a < user_to))
-        user_near, user_to = torch.where(closer, merged, user_near), torch.where(closer, a, user_to)
-        best, best_to = merged.min(1, keepdim=True)
-        user_near = user_near.scatter(1, a, best).scatter(1, b, torch.full_like(best, inf))
-        user_to = user_to.scatter(1, a, best_to)
-        stale_user, stale_slot = torch.nonzero(stale & (slots != a) & (slots != b), as_tuple=True)
-        if stale_user.numel():
-            fresh, fresh_to = dist[users[stale_user], stale_slot].min(1)
-            user_near[stale_user, stale_slot], user_to[stale_user, stale_slot] = fresh, fresh_to
-        near[users], near_to[users] = user_near, user_to
+        parent = grand
+    labels = torch.empty_like(parent)
+    labels[order] = torch.where(mask, parent, -1)
     return labels
+
+
+class _WardState:
+    """The merge state of the first ``users`` users of a sorted batch, over ``width`` cluster slots.
+
+    dist ``[P, W, W]`` Lance-Williams distances (entries of merged-away clusters left stale, masked by ``dead``
+    where read); near / near_to ``[P, W]`` each cluster's nearest-neighbour distance and slot; counts, live,
+    dead (0 live, inf otherwise) ``[P, W]``; slot_id ``[P, W]`` each slot's position in the input history.
+    """
+
+    def __init__(self, dist, near, near_to, counts, live, slot_id):
+        self.dist, self.near, self.near_to = dist, near, near_to
+        self.counts, self.live, self.slot_id = counts, live, slot_id
+        self.dead = torch.zeros_like(counts).masked_fill_(~live, float("inf"))
+        self.users, self.width = near.shape
+
+    def compact(self, users: int, width: int) -> _WardState:
+        """The first ``users`` users over ``width`` slots: live slots first, in their order (so every argmin and
+        slot comparison picks what it picked before), done users dropped."""
+        live = self.live[:users]
+        keep = torch.sort((~live).to(torch.int8), dim=1, stable=True).indices[:, :width]  # [P', W'] old slots
+        new_slot = torch.zeros_like(self.near_to[:users]).scatter_(
+            1, keep, torch.arange(width, device=keep.device).expand(users, -1)
+        )
+        dist = self.dist[:users].gather(1, keep[:, :, None].expand(-1, -1, self.width))
+        dist = dist.gather(2, keep[:, None, :].expand(-1, width, -1))
+        near_to = new_slot.gather(1, self.near_to[:users].gather(1, keep))  # live clusters' neighbours are live
+        return _WardState(
+            dist,
+            self.near[:users].gather(1, keep),
+            near_to,
+            self.counts[:users].gather(1, keep),
+            live.gather(1, keep),
+            self.slot_id[:users].gather(1, keep),
+        )
+
+    def merge(self, users: int, parent: torch.Tensor) -> None:
+        """One Ward merge for each of the first ``users`` users (closest pair), recorded in ``parent [B, L]``."""
+        inf, width = float("inf"), self.width
+        dist = self.dist[:users]
+        rows = self.dist.view(-1, width)  # row (user, slot) at user * W + slot
+        row_base = torch.arange(users, device=dist.device)[:, None] * width  # [m, 1]
+        near, near_to, n = self.near[:users], self.near_to[:users], self.counts[:users]
+        first = near.argmin(1, keepdim=True)
+        second = near_to.gather(1, first)
+        a, b = torch.minimum(first, second), torch.maximum(first, second)  # [m, 1], a < b
+        n_a, n_b = n.gather(1, a), n.gather(1, b)
+        row_a, row_b = rows.index_select(0, (row_base + a).view(-1)), rows.index_select(0, (row_base + b).view(-1))
+        live, dead = self.live[:users].scatter_(1, b, False), self.dead[:users].scatter_(1, b, inf)
+        # D(c, a+b), inf at a, b and at merged-away and padding slots (whose matrix entries are left stale)
+        merged = ((n_a + n) * row_a + (n_b + n) * row_b - n * row_a.gather(1, b)) / (n_a + n_b + n)
+        merged += dead  # exact for live clusters (+ 0)
+        # row and column a become D(., a+b); b's row and column are never read again (b is not live)
+        rows.index_copy_(0, (row_base + a).view(-1), merged)
+        dist.scatter_(2, a[:, :, None].expand(-1, width, 1), merged[:, :, None])
+        n.scatter_(1, b, 0.0).scatter_(1, a, n_a + n_b)
+        slot_id = self.slot_id[:users]
+        parent[:users].scatter_(1, slot_id.gather(1, b), slot_id.gather(1, a))
+        # nearest neighbours: clusters whose neighbour was a or b are recomputed from their row; any other live
+        # cluster moves to a+b if it is closer (or as close with a lower slot); a+b takes its row's minimum
+        merging = torch.zeros_like(live).scatter_(1, a, True).scatter_(1, b, True)
+        stale = (merging.gather(1, near_to) & live).scatter_(1, a, False)
+        candidates = torch.nonzero(((merged <= near) & live).view(-1)).squeeze(1)
+        if candidates.numel():
+            m_c, n_c = merged.view(-1)[candidates], near.view(-1)[candidates]
+            a_c = a.view(-1)[candidates // width]
+            closer = (m_c < n_c) | ((m_c == n_c) & (a_c < near_to.view(-1)[candidates]))
+            near.view(-1)[candidates[closer]] = m_c[closer]
+            near_to.view(-1)[candidates[closer]] = a_c[closer]
+        best, best_to = merged.min(1, keepdim=True)
+        near.scatter_(1, a, best).scatter_(1, b, inf)
+        near_to.scatter_(1, a, best_to)
+        stale_rows = torch.nonzero(stale.view(-1)).squeeze(1)
+        if stale_rows.numel():
+            fresh = rows.index_select(0, stale_rows).add_(dead.index_select(0, stale_rows // width))
+            near.view(-1)[stale_rows], near_to.view(-1)[stale_rows] = fresh.min(1)  # flat (user, slot) = row
 
 
 def kmeans_labels(x: torch.Tensor, mask: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
@@ -131,8 +214,9 @@ class PreClusteringInterests(InterestModule):
         batch, length, _ = history.shape
         with torch.no_grad():
             x = history.detach()
+            pairs = pairwise_squared_distances(x)  # [B, L, L], shared by Ward and the medoid choice
             if self.method == "ward":
-                labels = ward_labels(x, mask, self.num_interests)
+                labels = ward_labels(x, mask, self.num_interests, distances=pairs)
             else:
                 labels = kmeans_labels(x, mask, self.num_interests, self.kmeans_iterations)
             slots = labels.clamp(min=0)
@@ -141,7 +225,7 @@ class PreClusteringInterests(InterestModule):
             importance = torch.zeros(batch, length, device=x.device).scatter_add_(1, slots, weight)
             # medoid: the member with the least summed squared distance to its cluster's members
             same = (labels[:, :, None] == labels[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-            spread = (squared_distances(x, x) * same).sum(-1).masked_fill(~mask, float("inf"))
+            spread = (pairs * same).sum(-1).masked_fill(~mask, float("inf"))
             best = torch.full((batch, length), float("inf"), device=x.device).scatter_reduce(
                 1, slots, spread, reduce="amin"
             )
