@@ -83,6 +83,7 @@ $(PEERS_VENV)/.installed: requirements/peers.txt
 bench: install $(PEERS_VENV)/.installed
 	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python peer_comparison.py
 	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python training_throughput.py
+	cd benchmarks && ../$(VENV)/bin/python training_step_parts.py
 	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
 	cd benchmarks && ../$(VENV)/bin/python eval_throughput.py
 	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py
@@ -117,10 +118,21 @@ tables-multi-interest: install
 	$(COMPARE) $(MULTI_INTEREST_CONFIGS) --seeds $(SEEDS) --reference two_tower \
 	  --output $(TABLES_DIR)/multi_interest_results.md -- $(TABLES_ARGS)
 
-# the same models under the user split (configs/user_split/: ComiRec's 8:1:1 held-out users), runs/<name>_users/
+# $(call fit_missing_seeds,CONFIGS,ARGS): fit + test (compare, with the fit/test arguments ARGS) each config once per
+# seed of $(SEEDS) whose run directory runs/<config stem>/seed_N holds no test result card yet. Finished runs are kept
+# (delete runs/<stem>/seed_N to fit it again), so a table target re-assembles from its runs without re-training.
+define fit_missing_seeds
+for c in $(1); do for s in $(SEEDS); do ls runs/$$(basename $$c .yaml)/seed_$$s/csv/*/result_card_test.json \
+  >/dev/null 2>&1 || $(COMPARE) $$c --seeds $$s -- $(2) || exit 1; done; done
+endef
+
+# the same models under the user split (configs/user_split/: ComiRec's 8:1:1 held-out users), runs/<name>_users/:
+# the seeds not yet run are fit, then the table is read from runs/<name>_users/seed_N
+MULTI_INTEREST_USERS_CONFIGS = $(MULTI_INTEREST_MODELS:%=configs/user_split/%_users.yaml)
 tables-multi-interest-users: install
-	$(COMPARE) $(MULTI_INTEREST_MODELS:%=configs/user_split/%_users.yaml) --seeds $(SEEDS) --reference two_tower_users \
-	  --output $(TABLES_DIR)/multi_interest_results_users.md -- $(TABLES_ARGS)
+	$(call fit_missing_seeds,$(MULTI_INTEREST_USERS_CONFIGS),$(TABLES_ARGS))
+	$(COMPARE) --runs $(MULTI_INTEREST_MODELS:%=runs/%_users) --seeds $(SEEDS) --reference two_tower_users \
+	  --output $(TABLES_DIR)/multi_interest_results_users.md
 
 # where DCM's recall goes (docs/dcm_gap.md): per-slot, union-of-lists and merged recall of the multi-interest table's
 # runs, then the one-seed variants (runs/dcm_gap/NAME/seed_0), each trained once and measured
@@ -178,45 +190,61 @@ tables-synergised: install
 	  --output $(TABLES_DIR)/synergised_results.md -- $(TABLES_ARGS)
 
 # REMI's training fixes on and off (docs/remi_results.md): each interest model plain (the reference), with routing
-# regularisation (_rr) and with interest-aware hard negatives (_ihn), paired on the same users. A short schedule
-# (REMI_ARGS: 100 training steps, one epoch) so that 18 runs fit about 25 minutes of one core: early training only.
-# Then the routing of every run (benchmarks/results/remi_routing.md).
+# regularisation (_rr) and with interest-aware hard negatives (_ihn), paired on the same users.
+#   - a short schedule (REMI_ARGS: 100 training steps, one epoch; runs/remi_*): 18 runs in about 25 min of one core;
+#   - the committed trainer's full budget (8 epochs; configs/remi/*_full.yaml, runs/remi_*_full): 5-7 min a run.
+# Seeds already run are kept (fit_missing_seeds). Then the routing of the runs (benchmarks/results/remi_routing*.md).
 REMI_ARGS ?= --trainer.max_epochs=1 --trainer.limit_train_batches=100
+REMI_DCM = remi_dcm remi_dcm_rr remi_dcm_ihn
+REMI_SA = remi_sa remi_sa_rr remi_sa_ihn
 tables-remi: install
-	$(COMPARE) configs/remi/remi_dcm.yaml configs/remi/remi_dcm_rr.yaml configs/remi/remi_dcm_ihn.yaml --seeds $(SEEDS) \
-	  --reference remi_dcm --output $(TABLES_DIR)/remi_results_dcm.md -- $(REMI_ARGS) $(TABLES_ARGS)
-	$(COMPARE) configs/remi/remi_sa.yaml configs/remi/remi_sa_rr.yaml configs/remi/remi_sa_ihn.yaml --seeds $(SEEDS) \
-	  --reference remi_sa --output $(TABLES_DIR)/remi_results_sa.md -- $(REMI_ARGS) $(TABLES_ARGS)
-	$(TABLES_ENV) $(VENV)/bin/python benchmarks/remi_routing.py configs/remi/remi_dcm.yaml configs/remi/remi_dcm_rr.yaml \
-	  configs/remi/remi_dcm_ihn.yaml configs/remi/remi_sa.yaml configs/remi/remi_sa_rr.yaml configs/remi/remi_sa_ihn.yaml \
-	  --seeds $(SEEDS)
+	$(call fit_missing_seeds,$(REMI_DCM:%=configs/remi/%.yaml) $(REMI_SA:%=configs/remi/%.yaml),\
+	  $(REMI_ARGS) $(TABLES_ARGS))
+	$(COMPARE) --runs $(REMI_DCM:%=runs/%) --seeds $(SEEDS) --reference remi_dcm \
+	  --output $(TABLES_DIR)/remi_results_dcm.md
+	$(COMPARE) --runs $(REMI_SA:%=runs/%) --seeds $(SEEDS) --reference remi_sa --output $(TABLES_DIR)/remi_results_sa.md
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/remi_routing.py $(REMI_DCM:%=configs/remi/%.yaml) \
+	  $(REMI_SA:%=configs/remi/%.yaml) --seeds $(SEEDS)
+	$(call fit_missing_seeds,$(REMI_DCM:%=configs/remi/%_full.yaml) $(REMI_SA:%=configs/remi/%_full.yaml),$(TABLES_ARGS))
+	$(COMPARE) --runs $(REMI_DCM:%=runs/%_full) --seeds $(SEEDS) --reference remi_dcm_full \
+	  --output $(TABLES_DIR)/remi_results_dcm_full.md
+	$(COMPARE) --runs $(REMI_SA:%=runs/%_full) --seeds $(SEEDS) --reference remi_sa_full \
+	  --output $(TABLES_DIR)/remi_results_sa_full.md
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/remi_routing.py $(REMI_DCM:%=configs/remi/%.yaml) \
+	  --runs $(REMI_DCM:%=runs/%_full) --seeds $(SEEDS) --name remi_routing_dcm_full
+	$(TABLES_ENV) $(VENV)/bin/python benchmarks/remi_routing.py $(REMI_SA:%=configs/remi/%.yaml) \
+	  --runs $(REMI_SA:%=runs/%_full) --seeds $(SEEDS) --name remi_routing_sa_full
 
-# The synthetic multi-interest benchmark (docs/synthetic_interests_results*.md): the two-tower and four interest modules
-# on configs/synthetic_interests/ under leave_last_out, then under the user split; then recall@50 by number of
-# interests per model with intervals, paired tests, the share of the two-tower's drop closed, and the curve's plot.
-# synthetic_dcm_mass (leave_last_out): synthetic_dcm's checkpoints tested with the routing-mass serving budget; then
-# the table again with every row.
-SYNTHETIC_MODELS = two_tower dcm multihead_attention dynamic_routing preclustering
-SYNTHETIC_USERS_MODELS ?= two_tower dcm multihead_attention  # the committed user-split table: these three (CPU time)
+# The synthetic multi-interest benchmark (docs/synthetic_interests_results*.md): the two-tower and the interest modules
+# on configs/synthetic_interests/ under leave_last_out, then under the user split (seeds already run are kept:
+# fit_missing_seeds; the tables are read from runs/ with compare --runs); then recall@50 by number of interests per
+# model with intervals, paired tests, the share of the two-tower's drop closed, the curve's plot and the diagnostics.
+# dcm_items is DCM as fixed by issue 12 (history_space: items, centroid_scale: unit, history_field: keep);
+# multihead_attention_items is self-attention over the same item-tower history (history_space: items).
+# $(call test_with_routing_mass,PREFIX,MODEL): test runs/PREFIX_MODEL/seed_N's newest epoch checkpoint (no re-training)
+# with configs/synthetic_interests/PREFIX_MODEL_mass.yaml (the routing-mass serving budget), into
+# runs/PREFIX_MODEL_mass/seed_N, for the seeds not tested yet
+define test_with_routing_mass
+for s in $(SEEDS); do ls runs/$(1)_$(2)_mass/seed_$$s/csv/*/result_card_test.json >/dev/null 2>&1 || \
+  $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval test \
+  --config configs/synthetic_interests/$(1)_$(2)_mass.yaml --seed_everything=$$s \
+  --ckpt_path $$(ls -t runs/$(1)_$(2)/seed_$$s/checkpoints/epoch=*.ckpt | head -1) \
+  --trainer.default_root_dir=runs/$(1)_$(2)_mass/seed_$$s --trainer.enable_progress_bar=false $(TABLES_ARGS) \
+  || exit 1; done
+endef
+SYNTHETIC_MODELS = two_tower dcm dcm_items multihead_attention multihead_attention_items dynamic_routing preclustering
+SYNTHETIC_USERS_MODELS ?= two_tower dcm dcm_items multihead_attention multihead_attention_items dynamic_routing \
+  preclustering
+SYNTHETIC_MASS = dcm dcm_items  # DCM rows also served with the routing-mass budget (runs/*_mass)
 tables-synthetic-interests: install
-	$(COMPARE) $(SYNTHETIC_MODELS:%=configs/synthetic_interests/synthetic_%.yaml) --seeds $(SEEDS) \
-	  --reference synthetic_two_tower --output $(TABLES_DIR)/synthetic_interests_results.md -- $(TABLES_ARGS)
-	for s in $(SEEDS); do $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval test \
-	  --config configs/synthetic_interests/synthetic_dcm_mass.yaml --seed_everything=$$s \
-	  --ckpt_path $$(ls -t runs/synthetic_dcm/seed_$$s/checkpoints/epoch=*.ckpt | head -1) \
-	  --trainer.default_root_dir=runs/synthetic_dcm_mass/seed_$$s --trainer.enable_progress_bar=false $(TABLES_ARGS) \
-	  || exit 1; done
-	$(COMPARE) --runs $(SYNTHETIC_MODELS:%=runs/synthetic_%) runs/synthetic_dcm_mass --seeds $(SEEDS) \
+	$(call fit_missing_seeds,$(SYNTHETIC_MODELS:%=configs/synthetic_interests/synthetic_%.yaml),$(TABLES_ARGS))
+	$(foreach m,$(SYNTHETIC_MASS),$(call test_with_routing_mass,synthetic,$(m)) &&) true
+	$(COMPARE) --runs $(SYNTHETIC_MODELS:%=runs/synthetic_%) $(SYNTHETIC_MASS:%=runs/synthetic_%_mass) --seeds $(SEEDS) \
 	  --reference synthetic_two_tower --output $(TABLES_DIR)/synthetic_interests_results.md
-	$(COMPARE) $(SYNTHETIC_USERS_MODELS:%=configs/synthetic_interests/synthetic_users_%.yaml) --seeds $(SEEDS) \
-	  --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md -- $(TABLES_ARGS)
-	for s in $(SEEDS); do $(TABLES_ENV) $(VENV)/bin/python -m lightning_retrieval test \
-	  --config configs/synthetic_interests/synthetic_users_dcm_mass.yaml --seed_everything=$$s \
-	  --ckpt_path $$(ls -t runs/synthetic_users_dcm/seed_$$s/checkpoints/epoch=*.ckpt | head -1) \
-	  --trainer.default_root_dir=runs/synthetic_users_dcm_mass/seed_$$s --trainer.enable_progress_bar=false $(TABLES_ARGS) \
-	  || exit 1; done
-	$(COMPARE) --runs $(SYNTHETIC_USERS_MODELS:%=runs/synthetic_users_%) runs/synthetic_users_dcm_mass --seeds $(SEEDS) \
-	  --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md
+	$(call fit_missing_seeds,$(SYNTHETIC_USERS_MODELS:%=configs/synthetic_interests/synthetic_users_%.yaml),$(TABLES_ARGS))
+	$(foreach m,$(SYNTHETIC_MASS),$(call test_with_routing_mass,synthetic_users,$(m)) &&) true
+	$(COMPARE) --runs $(SYNTHETIC_USERS_MODELS:%=runs/synthetic_users_%) $(SYNTHETIC_MASS:%=runs/synthetic_users_%_mass) \
+	  --seeds $(SEEDS) --reference synthetic_users_two_tower --output $(TABLES_DIR)/synthetic_interests_results_users.md
 	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_curve.py --seeds $(SEEDS) --output-dir $(TABLES_DIR)
 	$(TABLES_ENV) $(VENV)/bin/python benchmarks/synthetic_interests_diagnostics.py --seed $(firstword $(SEEDS)) \
 	  --output $(TABLES_DIR)/synthetic_interests_diagnostics.md
