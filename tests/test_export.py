@@ -41,14 +41,23 @@ CONDITIONAL_CALLBACK = f"""
 
 
 def write_config(
-    path: Path, queries: str, run_dir: Path, index: str = "{class_path: exact}", extra_callbacks: str = ""
+    path: Path,
+    queries: str,
+    run_dir: Path,
+    index: str = "{class_path: exact}",
+    extra_callbacks: str = "",
+    source: str = "{class_path: movielens}",
+    extra_data: str = "",
+    batches: int = 3,
 ) -> Path:
+    """A tiny run on the embedded MovieLens (``source``), ``batches`` training batches; ``extra_data``: more
+    ``data:`` lines."""
     path.write_text(
         f"""
 seed_everything: 0
 trainer:
   max_epochs: 1
-  limit_train_batches: 3
+  limit_train_batches: {batches}
   limit_val_batches: 0
   num_sanity_val_steps: 0
   logger: false
@@ -67,11 +76,11 @@ model:
     user_tower: {TOWER}
     item_tower: {TOWER}
 data:
-  source: {{class_path: movielens}}
+  source: {source}
   max_history: 20
   batch_size: 256
   eval_batch_size: 512
-"""
+{extra_data}"""
     )
     return path
 

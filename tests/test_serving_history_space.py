@@ -14,19 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_export import K, evaluator_lists, histories_of_test_users
+from test_export import write_config as write_export_config
 
-from lightning_retrieval.cli import RetrievalCLI, main, prepare_registry
+from lightning_retrieval.cli import main, prepare_registry
 from lightning_retrieval.data.datamodule import RetrievalDataModule
 from lightning_retrieval.queries.combined import CombinedQueries
 from lightning_retrieval.serving import ArtefactError, Retriever
 from lightning_retrieval.serving.manifest import ITEMS_FILE, MANIFEST_FILE
-from lightning_retrieval.tasks.base import RetrievalModel
 
-K = 20
-TOWER = (
-    "{class_path: feature_crossing, init_args: {crossing: {class_path: mlp, init_args: {hidden_dims: [32]}}, "
-    "output_dim: 16}}"
-)
 DCM_ITEMS = (
     "{class_path: interests, init_args: {serving_rule: log2, history_field: keep, history_space: items, "
     "interests: {class_path: dcm, init_args: {num_interests: 4, centroid_scale: unit}}}}"
@@ -39,50 +35,14 @@ COMBINED_ITEMS = (
 
 def write_config(path: Path, queries: str, run_dir: Path, history_item_features: bool = True, batches: int = 3):
     """A tiny run on the embedded MovieLens with its item side features (decade, tags: stored bags in the export)."""
-    path.write_text(
-        f"""
-seed_everything: 0
-trainer:
-  max_epochs: 1
-  limit_train_batches: {batches}
-  limit_val_batches: 0
-  num_sanity_val_steps: 0
-  logger: false
-  default_root_dir: {run_dir}
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: retrieval_evaluation
-      init_args: {{ks: [{K}], index: {{class_path: exact}}, merger: {{class_path: round_robin}}, result_card: false}}
-model:
-  class_path: retrieval
-  init_args:
-    embedding_dim: 16
-    queries: {queries}
-    user_tower: {TOWER}
-    item_tower: {TOWER}
-data:
-  source: {{class_path: movielens, init_args: {{item_side_features: true}}}}
-  max_history: 20
-  batch_size: 256
-  eval_batch_size: 512
-  history_item_features: {str(history_item_features).lower()}
-"""
+    return write_export_config(
+        path,
+        queries,
+        run_dir,
+        source="{class_path: movielens, init_args: {item_side_features: true}}",
+        extra_data=f"  history_item_features: {str(history_item_features).lower()}\n",
+        batches=batches,
     )
-    return path
-
-
-def evaluation_of(config: Path, ckpt: Path):
-    """``lightning-retrieval test`` in-process: the retrieval callback's result and the datamodule."""
-    from lightning_retrieval.callbacks.retrieval_evaluation import RetrievalEvaluation
-
-    prepare_registry()
-    args = ["test", "--config", str(config), "--ckpt_path", str(ckpt)]
-    cli = RetrievalCLI(
-        RetrievalModel, RetrievalDataModule, subclass_mode_model=True, save_config_kwargs={"overwrite": True}, args=args
-    )
-    result = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation)).last_result
-    return result, cli.datamodule
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +52,7 @@ def exported(tmp_path_factory):
     config = write_config(root / "config.yaml", DCM_ITEMS, root / "run")
     main(["fit", "--config", str(config)])
     ckpt = next((root / "run").rglob("*.ckpt"))
-    result, dm = evaluation_of(config, ckpt)
+    result, dm, _ = evaluator_lists(config, ckpt)
     out = root / "retriever"
     main(["export", "--config", str(config), "--ckpt_path", str(ckpt), "--output", str(out)])
     return out, result, dm
@@ -103,9 +63,7 @@ def test_history_items_export_answers_exactly_as_the_evaluation(exported, tmp_pa
     moved = tmp_path / "served"  # loads without the training config
     shutil.copytree(out, moved)
     retriever = Retriever.load(moved)
-    es, data = dm.evaluation_set("test"), dm.data
-    histories = [data.item_ids[data.item[data.user_offsets[u] : c]] for u, c in zip(es.users, es.cutoff)]
-    users = list(data.user_ids[es.users])
+    histories, users = histories_of_test_users(dm)
     recs = retriever.recommend(histories, K, user_features={"user_id": users})
     assert result.lists.valid.all() and len(histories) == 610
     np.testing.assert_array_equal(recs.item_rows, result.lists.items[:, :K])
@@ -233,9 +191,9 @@ def test_served_queries_use_the_items_dense_and_side_features(file_export):
     features included), and the served queries equal the model's on the builder's batch."""
     retriever, dm, model = file_export
     assert dm.data.item_dense.shape[1] == 2 and sorted(retriever.manifest["item_side_features"]) == ["brand", "labels"]
-    es, data = dm.evaluation_set("test"), dm.data
-    histories = [data.item_ids[data.item[data.user_offsets[u] : c]] for u, c in zip(es.users, es.cutoff)]
-    served, _ = retriever.user_batch(histories, {"user_id": list(data.user_ids[es.users])})
+    es = dm.evaluation_set("test")
+    histories, users = histories_of_test_users(dm)
+    served, _ = retriever.user_batch(histories, {"user_id": users})
     expected = dm.builder_for("test").user_features(torch.from_numpy(es.users), torch.from_numpy(es.cutoff))
     keys = sorted(k for k in expected if k.startswith("history_item"))
     assert "history_item_dense" in keys and "history_item_feature_labels_lengths" in keys
@@ -247,7 +205,7 @@ def test_served_queries_use_the_items_dense_and_side_features(file_export):
         queries = model.embed_users(expected)
     np.testing.assert_array_equal(valid, queries.valid.numpy())
     np.testing.assert_allclose(vectors, queries.vectors.numpy(), rtol=1e-5, atol=1e-6)
-    shifted, _ = retriever.user_batch(histories, {"user_id": list(data.user_ids[es.users])})
+    shifted, _ = retriever.user_batch(histories, {"user_id": users})
     shifted["history_item_dense"] = shifted["history_item_dense"] + 1.0  # the dense columns reach the queries
     assert not np.allclose(retriever.user_side.queries(shifted)[0], vectors)
 
