@@ -182,9 +182,10 @@ class IdEmbeddings(nn.Module):
         weight = bags[self.table_of[feature]].weight
         # = F.embedding(ids) * mask, values and gradients: index_select's backward (index_add) is 2x faster than
         # the embedding's. Padding reads row 0 and is zeroed (its gradient is then 0); no copy of the table, whose
-        # size would make each call cost O(items) (an appended zero row cost 1.7x the lookup at 500k items)
+        # size would make each call cost O(items) (an appended zero row cost 1.7x the lookup at 500k items). The
+        # zeroing multiplies by the 0/1 mask: a broadcast masked_fill and its backward cost 3.5x as much on CPU
         rows = weight.index_select(0, ids.masked_fill(~mask, 0).flatten()).view(*ids.shape, -1)
-        return self.dropout(rows.masked_fill(~mask[..., None], 0.0))
+        return self.dropout(rows * mask[..., None].to(rows.dtype))
 
     def sequence_rows(
         self, feature: str, ids: torch.Tensor, mask: torch.Tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
+from lightning_retrieval.allocator import keep_freed_memory
 from lightning_retrieval.queries.base import UserQueries
 from lightning_retrieval.registry import component_kind
 
@@ -25,6 +26,22 @@ class RetrievalModel(pl.LightningModule):
     def __init__(self, feature_spec: dict | None = None):
         super().__init__()
         self.feature_spec = dict(feature_spec or {})
+
+    def _keep_freed_memory(self) -> None:
+        if self.device.type == "cpu":  # activations' memory is reused step to step (lightning_retrieval/allocator.py)
+            keep_freed_memory()
+
+    def on_fit_start(self) -> None:
+        self._keep_freed_memory()
+
+    def on_validation_start(self) -> None:
+        self._keep_freed_memory()
+
+    def on_test_start(self) -> None:
+        self._keep_freed_memory()
+
+    def on_predict_start(self) -> None:
+        self._keep_freed_memory()
 
     def require_spec(self, *keys: str) -> list[int]:
         missing = [k for k in keys if k not in self.feature_spec]
