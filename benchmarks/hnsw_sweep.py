@@ -1,31 +1,37 @@
 """HNSW speed/recall curve: sweep the graph (M, efConstruction, vector storage) and efSearch on clustered vectors.
 
-    python benchmarks/hnsw_sweep.py [--items 1000000] [--queries 5000] [--builds 32:80 12:200 HNSW16,SQ8]
-        [--ef 100,128,160] [--append]
+    python benchmarks/hnsw_sweep.py [--items 1000000] [--queries 5000] [--builds 32:80 12:200 HNSW16,SQ8@200]
+        [--ef 100,128,160] [--k-factors 1,2] [--append]
 
 Same data as ``index_comparison.py`` (a mixture of Gaussian clusters, L2-normalised). Every ``--builds`` entry is
 one index: ``M:efConstruction`` is the ``hnsw`` backend (``IndexHNSWFlat``), anything else a FAISS factory string
-through the ``faiss_factory`` backend (e.g. ``HNSW16,SQ8``: 8-bit scalar-quantised vectors in the graph, FAISS's
-default efConstruction 40); each is searched at every efSearch (``max(efSearch, k)``). The result files are
+through the ``faiss_factory`` backend, ``FACTORY[@efConstruction][/C]``: e.g. ``HNSW16,SQ8@200`` (8-bit
+scalar-quantised vectors in the graph; without ``@``: FAISS's default efConstruction 40), ``/C`` adds the vectors
+grouped by C k-means clusters (``locality_clusters``: a query's graph walk stays in nearby memory). Each is
+searched at every efSearch (``max(efSearch, k * k_factor)``), refine factories (``...,RFlat``: exact re-rank of
+``k * k_factor`` graph candidates) also at every ``--k-factors`` entry. The result files are
 rewritten after every build, so a sweep cut short keeps the builds it finished; ``--append`` keeps the rows of
 the previous result file (same data arguments) and adds this run's. Queries/s are relative to the exact FAISS
 index (``IndexFlatIP``) searched in the same run, interleaved with the HNSW searches, best of ``--repeats``;
-recall@k is the share of the exact top-k returned. Seconds are this process's CPU time (one thread:
-``OMP_NUM_THREADS=1``, set here), so other work on a shared machine does not count.
+recall@k is the share of the exact top-k returned. Seconds are this process's CPU time (searches on one thread:
+``OMP_NUM_THREADS=1``, set here; builds on ``--build-threads``, their CPU seconds summed), so other work on a
+shared machine does not count.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import time
 
+import faiss
 import numpy as np
 from index_comparison import clustered
 
-from lightning_retrieval.retrieval.index import ExactIndex, FaissFactoryIndex, HNSWIndex
+from lightning_retrieval.retrieval.index import ExactIndex, FaissFactoryIndex, HNSWIndex, refine_index
 
 from _common import RESULTS, one_thread, write_result
 
@@ -40,20 +46,30 @@ def timed_search(index, queries: np.ndarray, k: int, repeats: int) -> tuple[floa
 
 
 def make_index(build: str):
-    """``"32:200"`` -> the ``hnsw`` backend (M, efConstruction); any other string -> ``faiss_factory``."""
+    """``"32:200"`` -> the ``hnsw`` backend (M, efConstruction); ``"HNSW16,SQ8@200"`` -> ``faiss_factory``
+    (factory string, efConstruction; without ``@``: FAISS's 40)."""
     pair = re.fullmatch(r"(\d+):(\d+)", build)
     if pair:
         return HNSWIndex(m=int(pair[1]), ef_construction=int(pair[2]))
-    if "HNSW" not in build:
-        raise SystemExit(f"--builds: expected M:efConstruction (e.g. 32:200) or an HNSW factory string, got {build!r}")
-    return FaissFactoryIndex(factory=build)
+    factory = re.fullmatch(r"([^@/]*HNSW[^@/]*)(?:@(\d+))?(?:/(\d+))?", build)
+    if not factory:
+        raise SystemExit(
+            f"--builds: expected M:efConstruction (e.g. 32:200) or an HNSW factory string with an optional "
+            f"@efConstruction and /locality_clusters (e.g. HNSW16,SQ8@200/1024), got {build!r}"
+        )
+    ef_construction, clusters = (int(x) if x else None for x in (factory[2], factory[3]))
+    return FaissFactoryIndex(factory=factory[1], ef_construction=ef_construction, locality_clusters=clusters)
 
 
-def describe(build: str) -> str:
-    pair = re.fullmatch(r"(\d+):(\d+)", build)
-    if pair:
-        return f"hnsw M={pair[1]}, efConstruction={pair[2]}"
-    return f"faiss_factory `{build}` (efConstruction 40)"
+def describe(index) -> str:
+    if isinstance(index, HNSWIndex):
+        return f"hnsw M={index.m}, efConstruction={index.ef_construction}"
+    locality = f", locality_clusters {index.locality_clusters}" if index.locality_clusters else ""
+    return f"faiss_factory `{index.factory}` (efConstruction {index.ef_construction or 40}{locality})"
+
+
+def is_refine(index) -> bool:
+    return isinstance(index, FaissFactoryIndex) and refine_index(index.index) is not None
 
 
 def report(args, rows: list[dict], exact_qps: float, done: int, planned: int) -> None:
@@ -73,19 +89,21 @@ def report(args, rows: list[dict], exact_qps: float, done: int, planned: int) ->
         "the HNSW searches; each row's ratio is against the exact search of its own run. One thread, seconds "
         "of process CPU time.",
         "",
-        f"| index | efSearch | build CPU s | queries/s | / exact | recall@{args.k} |",
-        "|---|---|---|---|---|---|",
+        f"| index | efSearch | k_factor | build CPU s | queries/s | / exact | recall@{args.k} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['index']} | {r['ef_search']} | {r['build_seconds']:.0f} | {r['queries_per_second']:,.0f} | "
-            f"{r['speedup_vs_exact']:.1f}x | {r[f'recall@{args.k}']:.3f} |"
+            f"| {r['index']} | {r['ef_search']} | {r.get('k_factor') or '-'} | {r['build_seconds']:.0f} | "
+            f"{r['queries_per_second']:,.0f} | {r['speedup_vs_exact']:.1f}x | {r[f'recall@{args.k}']:.3f} |"
         )
     lines += [
         "",
         (
             f"**Best setting with recall@{args.k} >= 0.95 and >= 10x exact: {best['index']}, "
-            f"efSearch={best['ef_search']} ({best['speedup_vs_exact']:.1f}x, recall {best[f'recall@{args.k}']:.3f}).**"
+            f"efSearch={best['ef_search']}"
+            + (f", k_factor={best['k_factor']}" if best.get("k_factor") else "")
+            + f" ({best['speedup_vs_exact']:.1f}x, recall {best[f'recall@{args.k}']:.3f}).**"
             if best
             else f"**No setting reached both recall@{args.k} >= 0.95 and 10x exact queries/s.**"
         ),
@@ -128,13 +146,18 @@ def main() -> None:
         help="M:efConstruction pairs (hnsw backend) or FAISS factory strings such as HNSW16,SQ8",
     )
     ap.add_argument("--ef", default="100,128,160")
+    ap.add_argument("--k-factors", default="1,2", help="k_factor values searched on refine factories (...,RFlat)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--build-threads", type=int, default=1, help="FAISS threads while building (searches: one)")
     ap.add_argument("--append", action="store_true", help="keep the previous result file's rows")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
     args.command = (
         f"python benchmarks/hnsw_sweep.py --items {args.items} --queries {args.queries} --builds "
-        f"{' '.join(args.builds)} --ef {args.ef}" + (" --append" if args.append else "")
+        f"{' '.join(args.builds)} --ef {args.ef}"
+        + (f" --k-factors {args.k_factors}" if any("RFlat" in b or "Refine" in b for b in args.builds) else "")
+        + (f" --build-threads {args.build_threads}" if args.build_threads != 1 else "")
+        + (" --append" if args.append else "")
     )
     indexes = [(build, make_index(build)) for build in args.builds]
     rows = earlier_rows(args) if args.append else []
@@ -147,23 +170,26 @@ def main() -> None:
     exact = ExactIndex().build(items)
     exact_seconds, truth = timed_search(exact, queries, args.k, args.repeats)
     for done, (build, index) in enumerate(indexes, start=1):
+        faiss.omp_set_num_threads(args.build_threads)
         start = time.process_time()
         index.build(items)
-        build_seconds = time.process_time() - start
-        for ef in (int(x) for x in args.ef.split(",")):
-            if isinstance(index, HNSWIndex):
-                index.ef_search = ef
-            else:
-                index.search_params = f"efSearch={ef}"
+        build_seconds = time.process_time() - start  # CPU seconds of all build threads
+        faiss.omp_set_num_threads(1)
+        k_factors = [float(x) for x in args.k_factors.split(",")] if is_refine(index) else [None]
+        for k_factor, ef in itertools.product(k_factors, (int(x) for x in args.ef.split(","))):
+            index.ef_search = ef
+            if k_factor is not None:
+                index.k_factor = k_factor
             seconds, ids = timed_search(index, queries, args.k, args.repeats)
             again, _ = timed_search(exact, queries, args.k, 1)  # the exact side, measured alongside
             exact_seconds = min(exact_seconds, again)
             found = (np.sort(ids, axis=1)[:, :, None] == truth[:, None, :]).any(axis=1)
             rows.append(
                 {
-                    "index": describe(build),
+                    "index": describe(index),
                     "build": build,
-                    "ef_search": max(ef, args.k),
+                    "ef_search": max(ef, int(args.k * (k_factor or 1))),
+                    "k_factor": k_factor,
                     "build_seconds": build_seconds,
                     "queries_per_second": args.queries / seconds,
                     f"recall@{args.k}": float(found.mean()),

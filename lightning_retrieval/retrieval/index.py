@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from numbers import Real
 from typing import TYPE_CHECKING
 
 import faiss
@@ -168,6 +169,10 @@ class FaissIndex(IndexBackend):
         """The vectors an untrained index is trained on (all of them unless a backend samples)."""
         return vectors
 
+    def _add(self, index: faiss.Index, vectors: np.ndarray) -> None:
+        """Add the corpus ``vectors [N, D]`` to the trained ``index`` (row ``i`` answers as id ``i``)."""
+        index.add(vectors)
+
     def _build(self, vectors: np.ndarray) -> None:
         index = self._create(self.dim, vectors.shape[0])
         want_gpu = self.use_gpu if self.use_gpu is not None else gpu_count() > 0
@@ -180,7 +185,7 @@ class FaissIndex(IndexBackend):
                 self.on_gpu = True
             if not index.is_trained:
                 index.train(self._training_sample(vectors))
-            index.add(vectors)
+            self._add(index, vectors)
         except RuntimeError as err:
             raise RetrievalIndexError(f"{type(self).__name__} failed to build over {vectors.shape}: {err}") from err
         self.index = index
@@ -298,6 +303,32 @@ def default_exact_index() -> IndexBackend:
     return ExactIndex() if gpu_count() > 0 else TorchExactIndex()
 
 
+def hnsw_breadth(ef_search: int, depth: int) -> int:
+    """The efSearch an HNSW graph is searched with for ``depth`` results: FAISS's rule ``max(efSearch, depth)``."""
+    return max(ef_search, depth)
+
+
+def hnsw_graph(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW graph that searches ``index``'s vectors: ``index`` itself or the base of a refine (``...,RFlat``),
+    pre-transform (``PCA32,HNSW32,Flat``) or id-map wrapper; ``None`` if there is none (an IVF's HNSW coarse
+    quantizer does not count: it searches centroids, tuned by ``quantizer_efSearch``)."""
+    index = faiss.downcast_index(index)
+    while not isinstance(index, faiss.IndexHNSW):
+        inner = index.base_index if isinstance(index, faiss.IndexRefine) else getattr(index, "index", None)
+        if not isinstance(inner, faiss.Index):
+            return None
+        index = faiss.downcast_index(inner)
+    return index
+
+
+def refine_index(index: faiss.Index) -> faiss.IndexRefine | None:
+    """The refine stage (``...,RFlat``) of ``index``: itself or inside an id map; ``None`` without one."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    return index if isinstance(index, faiss.IndexRefine) else None
+
+
 @register("hnsw")
 class HNSWIndex(FaissIndex):
     """Graph ANN (``IndexHNSWFlat``, inner product). CPU only in FAISS.
@@ -321,10 +352,10 @@ class HNSWIndex(FaissIndex):
         return index
 
     def _configure_search(self, k: int) -> None:
-        self.index.hnsw.efSearch = max(self.ef_search, k)
+        self.index.hnsw.efSearch = hnsw_breadth(self.ef_search, k)
 
     def _search_parameters(self, selector, k: int):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw_breadth(self.ef_search, k))
 
 
 @register("ivfpq")
@@ -385,12 +416,23 @@ class FaissFactoryIndex(FaissIndex):
     """Any FAISS index described by an index-factory string, with inner-product metric.
 
     Args:
-        factory: FAISS factory string, e.g. ``IVF4096,PQ16``, ``OPQ16,IVF4096,PQ16x4fs``, ``HNSW32,Flat``.
+        factory: FAISS factory string, e.g. ``IVF4096,PQ16``, ``OPQ16,IVF4096,PQ16x4fs``, ``HNSW32,Flat``,
+            ``HNSW16,SQ8`` (graph over 8-bit vectors), ``HNSW16,SQ8,RFlat`` (plus an exact re-rank).
         search_params: FAISS ``ParameterSpace`` string applied after building, e.g. ``nprobe=64``,
             ``efSearch=128``, ``nprobe=32,quantizer_efSearch=64``; empty for FAISS's defaults.
         train_size: train on a seeded random sample of this many vectors (``None``: all); IVF/PQ training
             cost grows with it, and FAISS needs about 39 x nlist vectors for good centroids.
         seed: seed of the training sample.
+        ef_construction: efConstruction of the factory's HNSW graph, set before the vectors are added
+            (``None``: FAISS's default 40). Needs a graph over the vectors (``HNSW...``; not an IVF's quantizer).
+        ef_search: efSearch of that graph, searched with ``max(ef_search, k * k_factor)`` like ``hnsw``
+            (``None``: FAISS's default or ``search_params``).
+        k_factor: refine factories (``...,RFlat``): the graph returns ``k * k_factor`` candidates, re-scored
+            exactly with the stored full vectors (``None``: FAISS's 1, a re-ordering only).
+        locality_clusters: add the vectors grouped by their nearest of this many k-means centroids (trained on
+            the training sample) instead of in corpus order, so the vectors and links a graph search visits lie
+            close in memory (fewer cache misses); the index is wrapped in FAISS's ``IDMap`` and still answers
+            with corpus row ids. ``None``: corpus order.
     """
 
     def __init__(
@@ -399,6 +441,10 @@ class FaissFactoryIndex(FaissIndex):
         search_params: str = "",
         train_size: int | None = 262_144,
         seed: int = 0,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
+        k_factor: float | None = None,
+        locality_clusters: int | None = None,
         use_gpu: bool | None = None,
     ):
         super().__init__(use_gpu)
@@ -412,16 +458,49 @@ class FaissFactoryIndex(FaissIndex):
         self.train_size, self.seed = train_size, seed
         self.exact = self.factory == "Flat"
         self.supports_gpu = "HNSW" not in self.factory  # FAISS has no GPU HNSW
+        optional = {"ef_construction": ef_construction, "ef_search": ef_search, "locality_clusters": locality_clusters}
+        for name, value in optional.items():
+            setattr(self, name, None if value is None else positive_int(f"faiss_factory.{name}", value))
+        if k_factor is not None and (isinstance(k_factor, bool) or not isinstance(k_factor, Real) or k_factor < 1):
+            raise ConfigError(f"faiss_factory.k_factor must be a number >= 1 (candidates per result), got {k_factor!r}")
+        self.k_factor = k_factor
+        if (ef_construction is not None or ef_search is not None) and "HNSW" not in self.factory:
+            raise ConfigError(
+                f"faiss_factory: ef_construction / ef_search need an HNSW graph in the factory (e.g. 'HNSW32,Flat', "
+                f"'HNSW16,SQ8', 'HNSW16,SQ8,RFlat'), {self.factory!r} has none"
+            )
+        if locality_clusters is not None and "IDMap" in self.factory:
+            raise ConfigError(
+                f"faiss_factory: locality_clusters wraps the index in an IDMap itself; drop it from {self.factory!r}"
+            )
+        named = {part.split("=")[0].strip() for part in self.search_params.split(",")}
+        for option, param in (("ef_search", "efSearch"), ("k_factor", "k_factor_rf")):
+            if getattr(self, option) is not None and param in named:
+                raise ConfigError(f"faiss_factory: give either {option} or {param} in search_params, not both")
 
     def _create(self, dim: int, num_vectors: int):
         try:
-            return faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+            wrap = "IDMap," if self.locality_clusters is not None else ""
+            index = faiss.index_factory(dim, wrap + self.factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise RetrievalIndexError(
                 f"faiss_factory: FAISS cannot build {self.factory!r} for {dim}-d vectors ({reason}); valid strings "
                 f"look like {_FACTORY_EXAMPLES} (PQ sub-quantisers must divide the width)"
             ) from err
+        graph = hnsw_graph(index)
+        if graph is None and (self.ef_construction is not None or self.ef_search is not None):
+            raise ConfigError(
+                f"faiss_factory: ef_construction / ef_search need an HNSW graph over the vectors, {self.factory!r} "
+                "has none (an IVF's HNSW quantizer is tuned with search_params quantizer_efSearch)"
+            )
+        if self.k_factor is not None and refine_index(index) is None:
+            raise ConfigError(
+                f"faiss_factory: k_factor needs a refine factory (e.g. 'HNSW16,SQ8,RFlat'), {self.factory!r} is none"
+            )
+        if self.ef_construction is not None:
+            graph.hnsw.efConstruction = self.ef_construction
+        return index
 
     def _training_sample(self, vectors: np.ndarray) -> np.ndarray:
         if self.train_size is None or len(vectors) <= self.train_size:
@@ -429,13 +508,25 @@ class FaissFactoryIndex(FaissIndex):
         rows = np.sort(np.random.default_rng(self.seed).choice(len(vectors), self.train_size, replace=False))
         return vectors[rows]
 
+    def _add(self, index: faiss.Index, vectors: np.ndarray) -> None:
+        if self.locality_clusters is None:
+            return index.add(vectors)
+        if len(vectors) < self.locality_clusters:
+            raise ConfigError(
+                f"faiss_factory: locality_clusters={self.locality_clusters} needs at least that many vectors, the "
+                f"corpus has {len(vectors)}"
+            )
+        kmeans = faiss.Kmeans(vectors.shape[1], self.locality_clusters, niter=10, seed=self.seed)
+        kmeans.train(self._training_sample(vectors))
+        nearest = kmeans.index.search(vectors, 1)[1][:, 0]
+        order = np.argsort(nearest, kind="stable")  # [N] corpus rows, grouped by centroid
+        index.add_with_ids(vectors[order], order.astype(np.int64))
+
     def _build(self, vectors: np.ndarray) -> None:
         super()._build(vectors)
         self._configure_search(0)  # a bad parameter string fails at build time, not at the first search
 
-    def _configure_search(self, k: int) -> None:
-        if not self.search_params:
-            return
+    def _apply_search_params(self) -> None:
         space = faiss.GpuParameterSpace() if self.on_gpu else faiss.ParameterSpace()
         try:
             space.set_index_parameters(self.index, self.search_params)
@@ -446,5 +537,55 @@ class FaissFactoryIndex(FaissIndex):
                 "quantizer_efSearch, comma-separated"
             ) from err
 
+    def _configure_search(self, k: int) -> None:
+        if self.search_params:
+            self._apply_search_params()
+        if self.k_factor is not None:
+            refine_index(self.index).k_factor = self.k_factor
+        if self.ef_search is not None:
+            hnsw_graph(self.index).hnsw.efSearch = self._ef(k)
+
+    def _ef(self, k: int) -> int:
+        """efSearch for ``k`` results: ``max(ef_search, k * k_factor)`` (the graph's own value without ef_search)."""
+        refine = refine_index(self.index)
+        depth = int(k * refine.k_factor) if refine is not None else k
+        if self.ef_search is None:
+            return hnsw_graph(self.index).hnsw.efSearch
+        return hnsw_breadth(self.ef_search, depth)
+
+    def _search_parameters(self, selector, k: int):
+        if hnsw_graph(self.index) is None:
+            return super()._search_parameters(selector, k)
+        self._configure_search(k)
+        graph = faiss.SearchParametersHNSW(sel=selector, efSearch=self._ef(k))
+        refine = refine_index(self.index)
+        if refine is None:
+            return graph
+        params = faiss.IndexRefineSearchParameters(k_factor=refine.k_factor)
+        params.base_index_params, params.referenced_base = graph, graph  # keep the inner parameters alive
+        return params
+
+    def search_allowed(self, queries, k, allowed):
+        if self.locality_clusters is None or self.on_gpu:
+            return super().search_allowed(queries, k, allowed)
+        # FAISS's IDMap translates only a top-level selector, not one inside a refine's base parameters: select
+        # storage slots on the wrapped index and map its answers back to corpus rows.
+        id_map = faiss.downcast_index(self.index)
+        stored = faiss.vector_to_array(id_map.id_map)  # [N] corpus row of each storage slot
+        slot = np.empty_like(stored)
+        slot[stored] = np.arange(len(stored))
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(slot[allowed], dtype=np.int64))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = id_map.index.search(queries, k, params=self._search_parameters(selector, k))
+        ids = np.where(ids >= 0, stored[np.maximum(ids, 0)], -1)
+        return scores, ids, len(allowed) if self.exact else min(len(allowed), self.size)
+
     def describe(self) -> dict:
-        return {**super().describe(), "factory": self.factory, "search_params": self.search_params}
+        names = ("ef_construction", "ef_search", "k_factor", "locality_clusters")
+        options = {name: getattr(self, name) for name in names}
+        return {
+            **super().describe(),
+            "factory": self.factory,
+            "search_params": self.search_params,
+            **{name: value for name, value in options.items() if value is not None},
+        }
