@@ -16,6 +16,14 @@ with other work, wall time would also count the wait for a core.
 - ``exact_torch``, accuracy + coverage: the full protocol without the beyond-accuracy list metrics (topic
   diversity, distinct topics, embedding diversity), to show what those cost.
 
+Below the table, the metric computations alone (on the ``exact_torch`` lists, all four cut-offs, best of the
+rounds): where the time between the bare top-k and the full protocol goes. The per-corpus topic-set table of the
+topic metrics (``metrics/library.py`` ``TopicSets``) is built in the warm-up round and reused, as every later
+evaluation on the same topic table reuses it.
+
+Like the tasks on CPU, the process keeps freed memory (``lightning_retrieval/allocator.py``, glibc mmap/trim
+thresholds) unless ``--default-malloc`` is given.
+
 Scales: ``movielens`` = the embedded MovieLens test users x items (610 x 9,742) with their real seen items
 (up to 2,697 per user) and genres, random 64-d vectors; ``UxN`` = random data, 20 seen items and 5 targets per
 user, 200 topics (1-3 per item).
@@ -29,7 +37,9 @@ import time
 import numpy as np
 import torch
 
+from lightning_retrieval.allocator import keep_freed_memory
 from lightning_retrieval.data.preparation import CSR
+from lightning_retrieval.metrics.base import RankedLists
 from lightning_retrieval.retrieval import ExactIndex, RetrievalEvaluator, TorchExactIndex
 
 from _common import one_thread, write_result
@@ -106,6 +116,41 @@ def contenders(data: dict, evaluator: RetrievalEvaluator) -> dict:
     }
 
 
+METRIC_GROUPS = {
+    "accuracy metrics + coverage": ACCURACY_METRICS,
+    "topic diversity + distinct topics": ["topic_diversity", "distinct_topics"],
+    "embedding diversity": ["embedding_diversity"],
+}
+
+
+def metric_runs(data: dict, evaluator: RetrievalEvaluator) -> dict:
+    """Each metric group computed at every cut-off on fresh ``exact_torch`` lists (list caches not shared)."""
+    index = TorchExactIndex().build(data["items"])
+    items, _, valid = evaluator.retrieve(index, data["users"], data["exclude"], DEPTH)
+    hits = np.zeros(items.shape, dtype=bool)  # metric cost does not depend on where the hits are
+    topics, by_name = data["topics"], {m.name: m for m in evaluator.metrics}
+
+    def run(names):
+        def compute():
+            lists = RankedLists(
+                items=items,
+                hits=hits,
+                num_targets=data["targets"].lengths,
+                valid=valid,
+                num_items=len(data["items"]),
+                item_topic_offsets=topics.offsets,
+                item_topic_values=topics.values,
+                item_embeddings=data["items"],
+            )
+            for name in names:
+                for k in evaluator.ks:
+                    by_name[name].compute(lists, k)
+
+        return compute
+
+    return {group: run(names) for group, names in METRIC_GROUPS.items()}
+
+
 def measure(runs: dict, repeats: int) -> dict[str, float]:
     best = {name: float("inf") for name in runs}
     for run in runs.values():  # warm-up round (allocator, thread pools, lazy imports)
@@ -124,8 +169,10 @@ def main() -> None:
     ap.add_argument("--repeats", default="7,5,3", help="rounds per scale (best of), comma-separated")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's mmap/trim thresholds as they are")
     args = ap.parse_args()
     one_thread()
+    kept = False if args.default_malloc else keep_freed_memory()
     scales, repeats = args.scales.split(","), [int(r) for r in args.repeats.split(",")]
     repeats += [repeats[-1]] * (len(scales) - len(repeats))
     evaluator = RetrievalEvaluator(ks=KS)
@@ -137,6 +184,7 @@ def main() -> None:
         runs = contenders(data, evaluator)
         seconds = measure(runs, reps)
         bare = seconds["bare matmul + top-100"]
+        metric_seconds = measure(metric_runs(data, evaluator), reps)
         # without exclusion the torch index returns the bare top-100 (up to float ties)
         no_seen = CSR(np.zeros(min(n_users, 200) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         ours = RetrievalEvaluator(ks=[DEPTH], metrics=[]).retrieve(
@@ -151,6 +199,7 @@ def main() -> None:
             "repeats": reps,
             "seconds": seconds,
             "ratio_to_bare": {k: v / bare for k, v in seconds.items()},
+            "metric_seconds": metric_seconds,
             "recbole_full_sort_s": RECBOLE_SECONDS.get(scale),
             "top100_agreement_with_bare": agreement,
         }
@@ -161,12 +210,14 @@ def main() -> None:
                 + " |"
             )
         print("\n".join(md_rows[-len(seconds) :]), flush=True)
+        print(metric_seconds, flush=True)
     md = [
         "# Evaluation throughput: full protocol vs bare matmul + top-k",
         "",
         f"Command: `python benchmarks/eval_throughput.py --scales {args.scales} --repeats {args.repeats}`. "
         "Every contender on the same vectors, interleaved rounds, best of the rounds; 64-d, top-100; seconds of "
-        "process CPU time, one thread.",
+        "process CPU time, one thread; freed memory kept in the process as the tasks do on CPU: "
+        f"{'yes' if kept else 'no'}.",
         "",
         "| users x items | contender | seconds | / bare | RecBole full sort (s) |",
         "|---|---|---|---|---|",
@@ -174,7 +225,26 @@ def main() -> None:
         "",
         "Full protocol = index build + seen-item exclusion + recall/NDCG/hit rate/MRR/coverage/topic diversity/"
         "distinct topics/embedding diversity at 10/20/50/100. RecBole's seconds come from the peer comparison "
-        "(`peer_comparison.md`, another run on the same kind of machine): recall/NDCG/hit at 20 and 50 only.",
+        "(`peer_comparison.md`, another run on the same kind of machine): recall/NDCG/hit at 20 and 50 only. "
+        "The topic metrics' per-corpus topic-set table (built once per topic table, when it has at most 2,048 "
+        "distinct item topic sets: MovieLens 951, the random 200-topic corpora far more) is built in the warm-up "
+        "round, as in training it is built at the first validation.",
+    ]
+    md += [
+        "",
+        "Metric computations alone (exact_torch lists, cut-offs 10/20/50/100, best of rounds): seconds (% of bare).",
+        "",
+        "| users x items | " + " | ".join(METRIC_GROUPS) + " |",
+        "|---|" + "---|" * len(METRIC_GROUPS),
+        *(
+            f"| {r['users']:,} x {r['items']:,} | "
+            + " | ".join(
+                f"{r['metric_seconds'][g]:.4f} ({r['metric_seconds'][g] / r['seconds']['bare matmul + top-100']:.0%})"
+                for g in METRIC_GROUPS
+            )
+            + " |"
+            for r in results.values()
+        ),
     ]
     md += [
         f"\n{scale}: top-100 agreement of `exact_torch` with the bare top-k (200 users, no exclusion) = "

@@ -17,6 +17,7 @@ import time
 import torch
 from _training import build_from_config
 
+from lightning_retrieval.allocator import keep_freed_memory
 from lightning_retrieval.models.dropout_replay import record_dropout, replay_dropout
 from lightning_retrieval.queries.selected_tower import hard_choice
 
@@ -93,6 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     one_thread()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the task's fit hook does on CPU (lightning_retrieval/allocator.py)
     results = {name: parts(name, args.repeats, args.rounds) for name in MODELS}
     names = list(next(iter(results.values())))
     lines = [

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -122,7 +124,10 @@ def _topic_entries(lists: RankedLists, items: np.ndarray) -> tuple[np.ndarray, n
     topic = values[np.repeat(offsets[flat] - starts, lengths) + np.arange(position.size)].astype(np.int64)
     num_topics = int(values.max()) + 1 if values.size else 1
     group = position // items.shape[1] * num_topics + topic  # (user, topic)
-    order = np.argsort(group, kind="stable")  # positions stay ascending within a group
+    if len(items) * num_topics <= 1 << 16:  # every key fits 16 bits: numpy's stable sort is then a radix sort
+        order = np.argsort(group.astype(np.uint16), kind="stable")  # positions stay ascending within a group
+    else:
+        order = np.argsort(group, kind="stable")
     position, group = position[order], group[order]
     keep = np.ones(position.size, dtype=bool)
     keep[1:] = (group[1:] != group[:-1]) | (position[1:] != position[:-1])
@@ -145,14 +150,135 @@ def _distinct_topic_counts(position: np.ndarray, group: np.ndarray, shape: tuple
 
 def _topic_prefix_stats(lists: RankedLists) -> np.ndarray:
     """``[2, U, K]``: Jaccard prefix sums and distinct-topic counts, from one pass over the topic entries (topic
-    diversity and distinct topics are computed together)."""
+    diversity and distinct topics are computed together). With few distinct topic sets in the corpus (see
+    :func:`_topic_sets`) both come from the per-corpus set table instead."""
+    sets = _topic_sets(lists)
+    if sets is not None:
+        return _topic_prefix_stats_by_set(lists, sets)
     out = np.zeros((2, *lists.items.shape))
-    for s in range(0, len(lists.items), _CHUNK):
-        items = _list_items(lists, slice(s, s + _CHUNK))
+    num_topics = int(lists.item_topic_values.max()) + 1 if lists.item_topic_values.size else 1
+    chunk = max(_CHUNK // 4, min(_CHUNK, (1 << 16) // num_topics))  # (user, topic) keys < 2^16 when it can
+    for s in range(0, len(lists.items), chunk):
+        items = _list_items(lists, slice(s, s + chunk))
         entries = _topic_entries(lists, items)
-        out[0, s : s + _CHUNK] = _jaccard_prefix_sums(lists, items, entries=entries)
-        out[1, s : s + _CHUNK] = _distinct_topic_counts(*entries, items.shape)
+        out[0, s : s + chunk] = _jaccard_prefix_sums(lists, items, entries=entries)
+        out[1, s : s + chunk] = _distinct_topic_counts(*entries, items.shape)
     return out
+
+
+@dataclass(frozen=True)
+class TopicSets:
+    """The corpus's distinct item topic sets, built once per topic table (cached by content).
+
+    set_of_item: ``[N]`` int32 id of each item's topic set (ids by decreasing number of items, so the table rows
+    most lists read are close together in memory). masks: ``[S, W]`` the sets as bit masks (topic t is bit
+    ``t % 64`` of word ``t // 64``). jaccard: ``[S, S]`` float32 Jaccard similarity of every two sets (0 where
+    either set is empty: such a pair counts as fully diverse).
+    """
+
+    set_of_item: np.ndarray
+    masks: np.ndarray
+    jaccard: np.ndarray
+
+
+_SET_TABLE_MAX = 2048  # most distinct topic sets for which the [S, S] table is built (16 MiB)
+_SET_CACHE: list[tuple[np.ndarray, np.ndarray, int, TopicSets | None]] = []  # recent tables, most recent first
+_SET_CACHE_SIZE = 4
+
+
+def _topic_sets(lists: RankedLists) -> TopicSets | None:
+    """The :class:`TopicSets` of the lists' topic table, or None when it has more than ``_SET_TABLE_MAX`` distinct
+    sets (the per-list path is then used). Built once per table content (a few recent tables are kept with a copy
+    of their arrays, compared on lookup), so repeated evaluations (every validation epoch) pay for it once."""
+    offsets, values = lists.item_topic_offsets, lists.item_topic_values
+    if offsets is None:
+        raise ValueError("topic metrics need item topics; this dataset has none (drop the topic metrics)")
+    for n, (known_offsets, known_values, limit, sets) in enumerate(_SET_CACHE):
+        if (
+            limit == _SET_TABLE_MAX
+            and known_offsets.shape == offsets.shape
+            and known_values.shape == values.shape
+            and np.array_equal(known_offsets, offsets)
+            and np.array_equal(known_values, values)
+        ):
+            _SET_CACHE.insert(0, _SET_CACHE.pop(n))
+            return sets
+    sets = _build_topic_sets(offsets, values)
+    _SET_CACHE.insert(0, (offsets.copy(), values.copy(), _SET_TABLE_MAX, sets))
+    del _SET_CACHE[_SET_CACHE_SIZE:]
+    return sets
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 in ``words`` (int64, same shape)."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(words).astype(np.int64)
+    return _BYTE_BITS[words.view(np.uint8)].reshape(*words.shape, 8).sum(-1)
+
+
+_BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+_ROW_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
+
+
+def _build_topic_sets(offsets: np.ndarray, values: np.ndarray) -> TopicSets | None:
+    num_rows = len(offsets) - 1
+    words = (int(values.max()) + 1 + 63) // 64 if values.size else 1
+    masks = np.zeros((num_rows, words), dtype=np.uint64)
+    rows = np.repeat(np.arange(num_rows), np.diff(offsets))
+    np.bitwise_or.at(masks, (rows, values // 64), np.left_shift(np.uint64(1), (values % 64).astype(np.uint64)))
+    # distinct rows through one uint64 key per row (a 1-d sort; many-word rows are mixed, then checked)
+    key = masks[:, 0] if words == 1 else (masks * _ROW_MIX[np.arange(words) % len(_ROW_MIX)]).sum(1, dtype=np.uint64)
+    _, first, set_of_item, count = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    if len(first) > _SET_TABLE_MAX:  # equal rows have equal keys: at least as many distinct rows
+        return None
+    unique = masks[first]
+    if not np.array_equal(unique[set_of_item.reshape(-1)], masks):  # two sets mixed to one key (never seen)
+        unique, set_of_item, count = np.unique(masks, axis=0, return_inverse=True, return_counts=True)
+    num_sets = len(unique)
+    if num_sets > _SET_TABLE_MAX:
+        return None
+    order = np.argsort(-count, kind="stable")  # most frequent sets first
+    rank = np.empty(num_sets, dtype=np.int32)
+    rank[order] = np.arange(num_sets, dtype=np.int32)
+    unique, set_of_item = unique[order], rank[set_of_item.reshape(-1)]
+    sizes = _popcount(unique).sum(1)
+    inter = np.empty((num_sets, num_sets), dtype=np.int64)
+    step = max(1, (1 << 22) // (num_sets * words))  # bounded temporary [step, S, W]
+    for s in range(0, num_sets, step):
+        inter[s : s + step] = _popcount(unique[s : s + step, None, :] & unique[None, :, :]).sum(2)
+    union = sizes[:, None] + sizes[None, :] - inter
+    jaccard = np.divide(inter, union, out=np.zeros(union.shape), where=union > 0)  # empty with empty: 0
+    return TopicSets(set_of_item, unique, jaccard.astype(np.float32))
+
+
+def _topic_prefix_stats_by_set(lists: RankedLists, sets: TopicSets) -> np.ndarray:
+    """:func:`_topic_prefix_stats` from the per-corpus :class:`TopicSets`: each pair's Jaccard similarity is one
+    lookup in the set table; distinct topics are the set bits of the running OR of the listed sets' masks.
+
+    The pairs are visited one later position j at a time (a loop over list positions, ``K`` steps), each step
+    vectorised over the users and the earlier positions: ``[j, u]`` lookups with users contiguous, no pair index
+    arrays.
+    """
+    out = np.zeros((2, *lists.items.shape))
+    depth, num_sets = lists.depth, len(sets.masks)
+    table = sets.jaccard.reshape(-1)
+    for s in range(0, len(lists.items), _SET_CHUNK):
+        ids = sets.set_of_item[_list_items(lists, slice(s, s + _SET_CHUNK))]  # [u, K]
+        by_position = np.ascontiguousarray(ids.T, dtype=np.intp)  # [K, u]
+        rows = by_position * num_sets  # table row of each listed set
+        per_later = np.zeros(by_position.shape, dtype=np.float32)  # [K, u] Jaccard sum over i < j, per j
+        index, similarity = np.empty_like(by_position), np.empty(by_position.shape, dtype=np.float32)
+        for j in range(1, depth):
+            np.add(by_position[:j], rows[j], out=index[:j])  # pairs (i < j, j) of every user
+            # < K terms each, summed straight into the output row (no temporary per position)
+            np.add.reduce(table.take(index[:j], out=similarity[:j], mode="wrap"), axis=0, out=per_later[j])
+        out[0, s : s + _SET_CHUNK] = per_later.cumsum(0, dtype=np.float64).T
+        seen = np.bitwise_or.accumulate(sets.masks[ids], axis=1)  # [u, K, W] topics of the first p + 1 items
+        out[1, s : s + _SET_CHUNK] = _popcount(seen).sum(2)
+    return out
+
+
+_SET_CHUNK = 1024  # users per chunk of the set-table path (bounded [K, u] buffers)
 
 
 def _jaccard_prefix_sums(lists: RankedLists, items: np.ndarray, method: str = "auto", entries=None) -> np.ndarray:
@@ -183,9 +309,9 @@ def _jaccard_prefix_sums(lists: RankedLists, items: np.ndarray, method: str = "a
     # shared-topic counts per (earlier flat position, later position in the list)
     key = position[first] * depth + position[second] % depth
     if key.size * 16 < items.size * depth:  # few pairs: sort them rather than scan u * K * K bins
-        key = np.sort(key)
+        key = np.sort(key.astype(np.uint32) if items.size * depth <= 1 << 32 else key)  # 32-bit sorts faster
         starts = np.flatnonzero(_group_starts(key))
-        pair, inter = key[starts], np.diff(np.append(starts, key.size))
+        pair, inter = key[starts].astype(np.int64), np.diff(np.append(starts, key.size))
     else:
         inter = np.bincount(key, minlength=items.size * depth)
         pair = np.flatnonzero(inter)
@@ -219,24 +345,40 @@ def _unit_embeddings(lists: RankedLists) -> tuple[torch.Tensor, np.ndarray]:
     """``[N, D]`` float32 L2-normalised item vectors and ``[N]`` their squared norms (1, or tiny for ~0 vectors)."""
     if lists.item_embeddings is None:
         raise ValueError("embedding_diversity needs item embeddings")
-    emb = lists.item_embeddings.astype(np.float32, copy=False)
-    norm = np.sqrt(np.einsum("nd,nd->n", emb, emb, dtype=np.float64))
-    unit = emb / np.maximum(norm, 1e-12)[:, None].astype(np.float32)
-    return torch.from_numpy(unit), np.where(norm > 1e-12, 1.0, (norm / 1e-12) ** 2)
+    emb = np.ascontiguousarray(lists.item_embeddings, dtype=np.float32)
+    emb = torch.from_numpy(emb if emb.flags.writeable else emb.copy())  # torch warns on read-only arrays
+    norm = torch.linalg.vector_norm(emb, dim=1, dtype=torch.float64)  # float64 sums of squares
+    unit = emb / norm.clamp_min(1e-12).float()[:, None]
+    norm = norm.numpy()
+    return unit, np.where(norm > 1e-12, 1.0, (norm / 1e-12) ** 2)
 
 
 def _cosine_pair_sums(lists: RankedLists, k: int) -> np.ndarray:
     """``[U]``: sum of cosine similarities over the pairs i < j < k of each list, as ``(|sum v|^2 - sum |v|^2) / 2``
-    of the unit item vectors: one ``embedding_bag`` sum per list (no ``[U, k, D]`` copy), so linear in k."""
+    of the unit item vectors: ``embedding_bag`` sums per list (no ``[U, k, D]`` copy), so linear in k. The sum of
+    the last cut-off asked for is kept, so cut-offs asked in increasing order sum each list position once."""
     unit, unit_sq = _cached(lists, "unit_embeddings", lambda: _unit_embeddings(lists))
-    items = np.maximum(lists.items[:, :k], 0)  # padding ids (-1) are read as item 0 (masked users)
+    cache = lists.__dict__.setdefault("_metric_cache", {})
+    # [U, D] sum and [U] summed squared norms of the first `done` unit vectors of each list
+    done, total, squares = cache.get("unit_prefix_sum", (0, None, None))
+    if done > k or total is None:
+        done, total, squares = 0, np.zeros((len(lists.items), unit.shape[1])), np.zeros(len(lists.items))
+    if k > done:
+        new = np.maximum(lists.items[:, done:k], 0)  # padding ids (-1) are read as item 0 (masked users)
+        total, squares = total + _bag_sums(unit, new), squares + unit_sq[new].sum(1)
+    cache["unit_prefix_sum"] = (k, total, squares)
+    return (np.einsum("ud,ud->u", total, total) - squares) / 2
+
+
+def _bag_sums(unit: torch.Tensor, items: np.ndarray) -> np.ndarray:
+    """``[U, D]`` sum of the ``unit [N, D]`` rows of each row of ``items [U, k]`` (k >= 1)."""
     total = np.empty((len(items), unit.shape[1]))
     for s in range(0, len(items), _BAG_CHUNK):  # bounded memory for any number of users
         flat = torch.from_numpy(np.ascontiguousarray(items[s : s + _BAG_CHUNK]).reshape(-1))
-        offsets = torch.arange(0, flat.numel(), k)  # k >= 2 here (see _mean_pair_distance)
+        offsets = torch.arange(0, flat.numel(), items.shape[1])
         with torch.no_grad():
             total[s : s + _BAG_CHUNK] = torch.nn.functional.embedding_bag(flat, unit, offsets, mode="sum").numpy()
-    return (np.einsum("ud,ud->u", total, total) - unit_sq[items].sum(1)) / 2
+    return total
 
 
 def _pair_distance_mean(similarity_sums: np.ndarray, k: int) -> np.ndarray:

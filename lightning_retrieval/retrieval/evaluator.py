@@ -1,7 +1,9 @@
 """Full-corpus retrieval evaluation: search every user, exclude seen items, compute metrics.
 
-Batched and vectorised: users are searched in batches; seen-item exclusion and target matching are
-``searchsorted`` membership tests on sorted (row, item) keys; metric maths run on whole ``[U, K]`` arrays.
+Batched and vectorised: users are searched in batches; seen items are masked in the score matrix by an index
+that supports it, else dropped from an over-fetch by ``searchsorted`` membership tests on sorted (row, item) keys;
+target matching compares the lists with each user's few targets (or searches the keys); metric maths run on whole
+``[U, K]`` arrays.
 Per-user values are stored in one array and averaged once at the end, so the evaluation batch size cannot
 change any metric.
 """
@@ -75,6 +77,29 @@ def drop_seen(
         out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         scanned = np.full(len(ids), ids.shape[1])
     return (out_ids, out_scores, scanned) if return_scanned else (out_ids, out_scores)
+
+
+_BROADCAST_TARGETS = 16  # most targets per user for which hits are found by comparing against each target slot
+
+
+def listed_targets(items: np.ndarray, targets: CSR, n_items: int) -> np.ndarray:
+    """``[U, K]`` True where ``items [U, K]`` (-1: padding, never a hit) is one of its row's ``targets``.
+
+    With at most ``_BROADCAST_TARGETS`` targets per user, one comparison of the lists with each target slot (rows
+    padded with -2, which no item equals); otherwise a binary search of (row, item) keys in the sorted target keys.
+    """
+    if targets.num_rows != len(items):
+        raise ValueError(f"targets has {targets.num_rows} rows for {len(items)} ranked lists")
+    width = int(targets.lengths.max(initial=0))
+    if width > _BROADCAST_TARGETS:
+        return _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
+    slots = np.full((targets.num_rows, width), -2, dtype=np.int64)  # [U, T] each row's targets, then -2
+    slot = np.arange(targets.values.size) - np.repeat(targets.offsets[:-1], targets.lengths)
+    slots[targets.row_ids(), slot] = targets.values
+    hits = np.zeros(items.shape, dtype=bool)
+    for t in range(width):  # at most _BROADCAST_TARGETS vectorised passes
+        hits |= items == slots[:, t : t + 1]
+    return hits
 
 
 def id_space(index: IndexBackend) -> int:
@@ -156,7 +181,10 @@ class RetrievalEvaluator:
         if index.supports_exclusion:  # the index masks seen items before its top-k: fetch exactly depth
             for s in range(0, len(rows_valid), self.batch_size):
                 rows = rows_valid[s : s + self.batch_size]
-                scores[rows], items[rows] = index.search(queries[rows], depth, exclude=take_rows(exclude, rows))
+                if len(rows) == n_users:  # every user in one batch (rows is then 0..U-1): no copies
+                    scores[:], items[:] = index.search(queries, depth, exclude=exclude)
+                else:
+                    scores[rows], items[rows] = index.search(queries[rows], depth, exclude=take_rows(exclude, rows))
             return items, scores, valid
         # one global over-fetch depth, so every user is searched the same way whatever the batch size
         fetch = min(index.size, depth + int(seen[valid].max(initial=0)))
@@ -266,7 +294,7 @@ class RetrievalEvaluator:
             index, user_vectors, user_valid, exclude, depth, merger, query_weights
         )
         n_items = id_space(index)
-        hits = _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
+        hits = listed_targets(items, targets, n_items)
         lists = RankedLists(
             items=items,
             hits=hits,
