@@ -51,6 +51,12 @@ def peers(models: list[str], batches: int, clock: str, env_extra: dict | None = 
     return {r["model"]: r["batch_seconds_median"] for r in json.loads(out.stdout.decode().strip().splitlines()[-1])}
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -99,6 +105,9 @@ def main() -> None:
                 "ratio": peer_s / ours_s,
                 "peer_same_allocator_examples_per_second": batch / best[PAIRS[name] + TUNED],
                 "ratio_same_allocator": best[PAIRS[name] + TUNED] / ours_s,
+                # the same ratios within each round (both sides timed minutes apart): spread of the headline
+                "round_ratios": sorted(r[PAIRS[name]] / r[name] for r in rounds),
+                "round_ratios_same_allocator": sorted(r[PAIRS[name] + TUNED] / r[name] for r in rounds),
             }
         )
     lines = [
@@ -122,6 +131,15 @@ def main() -> None:
             f"{row['peer_same_allocator_examples_per_second']:,.0f} | {row['ratio_same_allocator']:.2f}x |"
         )
     lines += [
+        "",
+        "Within each round (ours / peer from that round's times only; median [min, max] over the rounds): "
+        + "; ".join(
+            f"{row['ours']}: {_median(row['round_ratios']):.2f}x [{row['round_ratios'][0]:.2f}, "
+            f"{row['round_ratios'][-1]:.2f}], same allocator {_median(row['round_ratios_same_allocator']):.2f}x "
+            f"[{row['round_ratios_same_allocator'][0]:.2f}, {row['round_ratios_same_allocator'][-1]:.2f}]"
+            for row in table
+        )
+        + ".",
         "",
         "Ours: Lightning loop, in-batch sampled softmax with logQ (511 in-batch negatives), MLP towers over the ID "
         "tables. torch-rechub: `MatchTrainer`, list-wise softmax over 1 positive + 100 uniform negatives (its "
