@@ -24,14 +24,15 @@ def _csr(rows: list[np.ndarray]) -> CSR:
     return CSR(offsets, values)
 
 
-def _problem(seed=0, users=120, items=300, dim=8, depth=40):
+def _problem(seed=0, users=120, items=300, dim=8, depth=40, masked_user=True):
     rng = np.random.default_rng(seed)
     u = rng.normal(size=(users, dim)).astype(np.float32)
     v = rng.normal(size=(items, dim)).astype(np.float32)
     seen = [rng.choice(items, size=rng.integers(0, 30), replace=False) for _ in range(users)]
     seen[3] = rng.choice(items, size=items - depth, replace=False)  # more seen items than depth: exactly depth left
     seen[7] = np.arange(100)  # more seen items than depth
-    u[11] = 0.0  # a masked user (zero query)
+    if masked_user:
+        u[11] = 0.0  # a masked user (zero query)
     return u, v, _csr(seen), seen
 
 
@@ -121,3 +122,25 @@ def test_unit_item_vectors_equal_the_float64_reference():
     np.testing.assert_allclose(unit.numpy(), emb / np.maximum(norm, 1e-12)[:, None].astype(np.float32), rtol=1e-6)
     np.testing.assert_allclose(unit_sq, np.where(norm > 1e-12, 1.0, (norm / 1e-12) ** 2), rtol=1e-12)
     assert unit_sq[4] == 0.0 and 0 < unit_sq[5] < 1 and np.allclose(unit_sq[[0, 1, 6]], 1.0)
+
+
+def test_one_batch_of_every_user_searches_once_without_copies_and_equals_overfetch():
+    """Every user valid and in one batch: one search over all queries with the whole exclusion table (no row
+    copies), the same lists as the over-fetch path."""
+    u, v, exclude, seen = _problem(masked_user=False)
+    index = TorchExactIndex().build(v)
+    calls = []
+    search = index.search
+    index.search = lambda queries, k, exclude=None: calls.append((len(queries), exclude)) or search(queries, k, exclude)
+    ev = RetrievalEvaluator(ks=[40], metrics=[], batch_size=1024)
+    items, scores, valid = ev.retrieve(index, u, exclude, 40)
+    assert len(calls) == 1 and calls[0][0] == len(u) and calls[0][1] is exclude
+    ref_items, _, ref_valid = ev.retrieve(_overfetch_index(v), u, exclude, 40)
+    assert valid.all() and ref_valid.all()
+    np.testing.assert_array_equal(items, ref_items)
+
+
+def test_padding_is_never_a_hit_even_for_a_negative_target():
+    items = np.array([[3, -1, -1], [5, 6, 7]])
+    targets = _csr([np.array([-1, 3]), np.array([5])])
+    np.testing.assert_array_equal(listed_targets(items, targets, 10), [[True, False, False], [True, False, False]])

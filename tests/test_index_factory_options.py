@@ -153,3 +153,8 @@ def test_bad_options_are_clear_errors(data):
         FaissFactoryIndex("IDMap,HNSW8,SQ8", locality_clusters=8)
     with pytest.raises(ConfigError, match="locality_clusters=5000 needs at least that many vectors, the corpus has"):
         FaissFactoryIndex("HNSW8,SQ8", locality_clusters=5000).build(items)
+    # the evaluation callback's check before training says the same
+    with pytest.raises(ConfigError, match="locality_clusters=5000 needs at least that many vectors, the corpus has"):
+        FaissFactoryIndex("HNSW8,SQ8", locality_clusters=5000).check_corpus(len(items))
+    with pytest.raises(ConfigError, match="trained on train_size=100 vectors"):
+        FaissFactoryIndex("HNSW8,SQ8", locality_clusters=200, train_size=100).check_corpus(len(items))

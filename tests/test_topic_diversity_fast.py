@@ -65,6 +65,9 @@ def _textbook(lists: RankedLists, topic_table: CSR) -> tuple[np.ndarray, np.ndar
 # one, three and ten 64-bit words per set; 150 users x 600 topics: (user, topic) keys above 16 bits in a chunk
 @pytest.mark.parametrize("topics, max_size, users", [(7, 3, 23), (150, 4, 23), (600, 3, 150)])
 def test_both_paths_equal_the_pairwise_definitions(topics, max_size, users, monkeypatch):
+    monkeypatch.setattr(library, "_SET_MAX_WORDS", 16)  # the set path at every size here (not only where it pays)
+    monkeypatch.setattr(library, "_SET_MIN_SHARE", 0.0)
+    monkeypatch.setattr(library, "_SET_CACHE", [])
     rng = np.random.default_rng(topics)
     table = _topic_table(rng, 80, topics, max_size)
     lists = _lists(table, rng, users=users)
@@ -128,3 +131,42 @@ def test_sets_mixed_to_one_key_are_told_apart(monkeypatch):
     stats = library._topic_prefix_stats(lists)
     np.testing.assert_allclose(stats[0], pair_sums, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(stats[1], distinct)
+
+
+def _spy_builds(monkeypatch) -> list:
+    built = []
+    build = library._build_topic_sets
+    monkeypatch.setattr(library, "_build_topic_sets", lambda *a: built.append(1) or build(*a))
+    monkeypatch.setattr(library, "_SET_CACHE", [])
+    return built
+
+
+@pytest.mark.parametrize("topics", [2_000, 9_439])
+def test_no_set_table_where_items_rarely_share_a_topic_or_topics_are_many(topics, monkeypatch):
+    """One topic per item over thousands of topics (like a product-category vocabulary): the per-list path, and
+    no per-item mask table is ever built (the set path would cost an [items, topics / 64] table and visit every
+    pair of every list where few pairs share a topic)."""
+    built = _spy_builds(monkeypatch)
+    rng = np.random.default_rng(1)
+    items = 3_000
+    table = CSR.from_pairs_unique(np.arange(items), rng.integers(0, topics, items), items, topics)
+    lists = _lists(table, rng, users=12, depth=9)
+    assert library._topic_sets(lists) is None
+    assert built == []
+    pair_sums, distinct = _textbook(lists, table)
+    stats = library._topic_prefix_stats(lists)
+    np.testing.assert_allclose(stats[0], pair_sums, atol=1e-6)
+    np.testing.assert_array_equal(stats[1], distinct)
+
+
+def test_the_set_table_is_built_where_items_often_share_topics(monkeypatch):
+    """Few topics shared by many items (like film genres): the set-table path."""
+    built = _spy_builds(monkeypatch)
+    rng = np.random.default_rng(2)
+    items = 400
+    sizes = rng.integers(1, 4, items)
+    rows = np.repeat(np.arange(items), sizes)
+    values = np.concatenate([rng.choice(19, n, replace=False) for n in sizes])
+    table = CSR.from_pairs_unique(rows, values, items, 19)
+    assert library._topic_sets(_lists(table, rng)) is not None
+    assert built == [1]

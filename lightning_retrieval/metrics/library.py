@@ -187,9 +187,10 @@ _SET_CACHE_SIZE = 4
 
 
 def _topic_sets(lists: RankedLists) -> TopicSets | None:
-    """The :class:`TopicSets` of the lists' topic table, or None when it has more than ``_SET_TABLE_MAX`` distinct
-    sets (the per-list path is then used). Built once per table content (a few recent tables are kept with a copy
-    of their arrays, compared on lookup), so repeated evaluations (every validation epoch) pay for it once."""
+    """The :class:`TopicSets` of the lists' topic table, or None where it would not pay (:func:`_set_table_pays`:
+    too many topics or distinct sets, or items that rarely share a topic; the per-list path is then used). Built
+    once per table content (a few recent tables are kept with a copy of their arrays, compared on lookup), so
+    repeated evaluations (every validation epoch) pay for it once."""
     offsets, values = lists.item_topic_offsets, lists.item_topic_values
     if offsets is None:
         raise ValueError("topic metrics need item topics; this dataset has none (drop the topic metrics)")
@@ -203,7 +204,7 @@ def _topic_sets(lists: RankedLists) -> TopicSets | None:
         ):
             _SET_CACHE.insert(0, _SET_CACHE.pop(n))
             return sets
-    sets = _build_topic_sets(offsets, values)
+    sets = _build_topic_sets(offsets, values) if _set_table_pays(offsets, values) else None
     _SET_CACHE.insert(0, (offsets.copy(), values.copy(), _SET_TABLE_MAX, sets))
     del _SET_CACHE[_SET_CACHE_SIZE:]
     return sets
@@ -218,6 +219,33 @@ def _popcount(words: np.ndarray) -> np.ndarray:
 
 _BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
 _ROW_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
+
+
+_SET_MAX_WORDS = 4  # set-table path up to 256 topics: its per-list masks are [u, K, W] words
+_SET_MIN_SHARE = 0.05  # and only where two items often share a topic (else the per-list path has few pairs)
+
+
+def _set_table_pays(offsets: np.ndarray, values: np.ndarray) -> bool:
+    """Whether the set-table path is worth building, judged from the CSR alone (no per-item masks): at most
+    ``64 * _SET_MAX_WORDS`` topics; ``sum_t p_t^2 >= _SET_MIN_SHARE`` for the share ``p_t`` of items with topic
+    t (about how often two items share a topic: the per-list path's pairs; the set path visits every pair);
+    at most ``_SET_TABLE_MAX`` distinct sets, counted by an order-free 64-bit hash of each item's topics (a
+    collision can only undercount; the build then counts exactly)."""
+    num_rows = len(offsets) - 1
+    if num_rows <= 0 or not values.size:
+        return False
+    num_topics = int(values.max()) + 1
+    if num_topics > 64 * _SET_MAX_WORDS:
+        return False
+    rows = np.repeat(np.arange(num_rows), np.diff(offsets))
+    pairs = np.unique(rows * num_topics + values)  # distinct (item, topic)
+    item, topic = pairs // num_topics, pairs % num_topics
+    if float(((np.bincount(topic, minlength=num_topics) / num_rows) ** 2).sum()) < _SET_MIN_SHARE:
+        return False
+    weight = np.random.default_rng(0).integers(0, 2**64, size=num_topics, dtype=np.uint64, endpoint=False)
+    key = np.zeros(num_rows, dtype=np.uint64)
+    np.add.at(key, item, weight[topic])  # wraps modulo 2^64
+    return len(np.unique(key)) <= _SET_TABLE_MAX
 
 
 def _build_topic_sets(offsets: np.ndarray, values: np.ndarray) -> TopicSets | None:

@@ -99,7 +99,7 @@ def listed_targets(items: np.ndarray, targets: CSR, n_items: int) -> np.ndarray:
     hits = np.zeros(items.shape, dtype=bool)
     for t in range(width):  # at most _BROADCAST_TARGETS vectorised passes
         hits |= items == slots[:, t : t + 1]
-    return hits
+    return hits & (items >= 0)  # padding is never a hit, even against a (bad) negative target
 
 
 def id_space(index: IndexBackend) -> int:

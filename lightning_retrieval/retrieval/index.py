@@ -508,14 +508,23 @@ class FaissFactoryIndex(FaissIndex):
         rows = np.sort(np.random.default_rng(self.seed).choice(len(vectors), self.train_size, replace=False))
         return vectors[rows]
 
+    def check_corpus(self, num_vectors: int) -> None:
+        if self.locality_clusters is not None and num_vectors < self.locality_clusters:
+            raise ConfigError(
+                f"faiss_factory: locality_clusters={self.locality_clusters} needs at least that many vectors, the "
+                f"corpus has {num_vectors}; lower locality_clusters or leave it out"
+            )
+        sample = num_vectors if self.train_size is None else min(self.train_size, num_vectors)
+        if self.locality_clusters is not None and sample < self.locality_clusters:
+            raise ConfigError(
+                f"faiss_factory: locality_clusters={self.locality_clusters} are trained on train_size={sample} "
+                "vectors: raise train_size or lower locality_clusters"
+            )
+
     def _add(self, index: faiss.Index, vectors: np.ndarray) -> None:
         if self.locality_clusters is None:
             return index.add(vectors)
-        if len(vectors) < self.locality_clusters:
-            raise ConfigError(
-                f"faiss_factory: locality_clusters={self.locality_clusters} needs at least that many vectors, the "
-                f"corpus has {len(vectors)}"
-            )
+        self.check_corpus(len(vectors))
         kmeans = faiss.Kmeans(vectors.shape[1], self.locality_clusters, niter=10, seed=self.seed)
         kmeans.train(self._training_sample(vectors))
         nearest = kmeans.index.search(vectors, 1)[1][:, 0]
