@@ -580,14 +580,23 @@ class FaissFactoryIndex(FaissIndex):
         # FAISS's IDMap translates only a top-level selector, not one inside a refine's base parameters: select
         # storage slots on the wrapped index and map its answers back to corpus rows.
         id_map = faiss.downcast_index(self.index)
-        stored = faiss.vector_to_array(id_map.id_map)  # [N] corpus row of each storage slot
-        slot = np.empty_like(stored)
-        slot[stored] = np.arange(len(stored))
+        stored, slot = self._storage_order()
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(slot[allowed], dtype=np.int64))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores, ids = id_map.index.search(queries, k, params=self._search_parameters(selector, k))
         ids = np.where(ids >= 0, stored[np.maximum(ids, 0)], -1)
         return scores, ids, len(allowed) if self.exact else min(len(allowed), self.size)
+
+    def _storage_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(stored [N], slot [N])``: the corpus row of each storage slot and its inverse, read from the IDMap
+        once per built or loaded index (a pre-filtered evaluation searches once per topic)."""
+        cached = getattr(self, "_storage_cache", None)
+        if cached is None or cached[0] is not self.index:
+            stored = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+            slot = np.empty_like(stored)
+            slot[stored] = np.arange(len(stored))
+            self._storage_cache = cached = (self.index, stored, slot)
+        return cached[1], cached[2]
 
     def describe(self) -> dict:
         names = ("ef_construction", "ef_search", "k_factor", "locality_clusters")
