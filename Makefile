@@ -86,7 +86,7 @@ bench: install $(PEERS_VENV)/.installed
 	cd benchmarks && ../$(VENV)/bin/python training_step_parts.py
 	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
 	cd benchmarks && ../$(VENV)/bin/python eval_throughput.py
-	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py
+	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py --items 1000000 --queries 2000 --ef 100,128 --build-threads 2
 	cd benchmarks && ../$(VENV)/bin/python preclustering_speed.py
 	$(VENV)/bin/python benchmarks/prepare_throughput.py
 

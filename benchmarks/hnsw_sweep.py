@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument(
         "--builds",
         nargs="+",
-        default=["16:64", "32:80", "12:200", "HNSW16,SQ8", "HNSW32,SQ8"],
+        default=["12:200", "HNSW12,SQfp16@200", "HNSW12,SQfp16@200/1024"],  # the plain graph, then the target's setting
         help="M:efConstruction pairs (hnsw backend) or FAISS factory strings such as HNSW16,SQ8",
     )
     ap.add_argument("--ef", default="100,128,160")
