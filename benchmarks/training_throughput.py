@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from _training import build_from_config, time_training
 
@@ -49,12 +50,6 @@ def peers(models: list[str], batches: int, clock: str, env_extra: dict | None = 
     args += ["--batches", str(batches), "--clock", clock]
     out = subprocess.run(args, cwd=BENCH, env=env, check=True, capture_output=True)
     return {r["model"]: r["batch_seconds_median"] for r in json.loads(out.stdout.decode().strip().splitlines()[-1])}
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def main() -> None:
@@ -134,8 +129,8 @@ def main() -> None:
         "",
         "Within each round (ours / peer from that round's times only; median [min, max] over the rounds): "
         + "; ".join(
-            f"{row['ours']}: {_median(row['round_ratios']):.2f}x [{row['round_ratios'][0]:.2f}, "
-            f"{row['round_ratios'][-1]:.2f}], same allocator {_median(row['round_ratios_same_allocator']):.2f}x "
+            f"{row['ours']}: {median(row['round_ratios']):.2f}x [{row['round_ratios'][0]:.2f}, "
+            f"{row['round_ratios'][-1]:.2f}], same allocator {median(row['round_ratios_same_allocator']):.2f}x "
             f"[{row['round_ratios_same_allocator'][0]:.2f}, {row['round_ratios_same_allocator'][-1]:.2f}]"
             for row in table
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lightning_retrieval.arrays import CSR
 from lightning_retrieval.metrics.base import RankedLists, RetrievalMetric
 from lightning_retrieval.registry import register
 
@@ -89,9 +90,14 @@ class Coverage(RetrievalMetric):
         return float((first < k).sum()) / corpus if lists.valid.any() and k > 0 else 0.0
 
 
+def _metric_cache(lists: RankedLists) -> dict:
+    """The per-lists-object cache the metrics share (full-depth quantities, running sums)."""
+    return lists.__dict__.setdefault("_metric_cache", {})
+
+
 def _cached(lists: RankedLists, name: str, build):
     """``build()`` once per lists object: every cut-off k reads the same full-depth quantities."""
-    cache = lists.__dict__.setdefault("_metric_cache", {})
+    cache = _metric_cache(lists)
     if name not in cache:
         cache[name] = build()
     return cache[name]
@@ -182,7 +188,7 @@ class TopicSets:
 
 
 _SET_TABLE_MAX = 2048  # most distinct topic sets for which the [S, S] table is built (16 MiB)
-_SET_CACHE: list[tuple[np.ndarray, np.ndarray, int, TopicSets | None]] = []  # recent tables, most recent first
+_SET_CACHE: list[tuple[np.ndarray, np.ndarray, tuple, TopicSets | None]] = []  # recent tables, most recent first
 _SET_CACHE_SIZE = 4
 
 
@@ -194,9 +200,10 @@ def _topic_sets(lists: RankedLists) -> TopicSets | None:
     offsets, values = lists.item_topic_offsets, lists.item_topic_values
     if offsets is None:
         raise ValueError("topic metrics need item topics; this dataset has none (drop the topic metrics)")
-    for n, (known_offsets, known_values, limit, sets) in enumerate(_SET_CACHE):
+    settings = (_SET_TABLE_MAX, _SET_MAX_WORDS, _SET_MIN_SHARE)  # what decides the path (tests change them)
+    for n, (known_offsets, known_values, known_settings, sets) in enumerate(_SET_CACHE):
         if (
-            limit == _SET_TABLE_MAX
+            known_settings == settings
             and known_offsets.shape == offsets.shape
             and known_values.shape == values.shape
             and np.array_equal(known_offsets, offsets)
@@ -205,7 +212,7 @@ def _topic_sets(lists: RankedLists) -> TopicSets | None:
             _SET_CACHE.insert(0, _SET_CACHE.pop(n))
             return sets
     sets = _build_topic_sets(offsets, values) if _set_table_pays(offsets, values) else None
-    _SET_CACHE.insert(0, (offsets.copy(), values.copy(), _SET_TABLE_MAX, sets))
+    _SET_CACHE.insert(0, (offsets.copy(), values.copy(), settings, sets))
     del _SET_CACHE[_SET_CACHE_SIZE:]
     return sets
 
@@ -237,8 +244,7 @@ def _set_table_pays(offsets: np.ndarray, values: np.ndarray) -> bool:
     num_topics = int(values.max()) + 1
     if num_topics > 64 * _SET_MAX_WORDS:
         return False
-    rows = np.repeat(np.arange(num_rows), np.diff(offsets))
-    pairs = np.unique(rows * num_topics + values)  # distinct (item, topic)
+    pairs = np.unique(CSR(offsets, values).row_ids() * num_topics + values)  # distinct (item, topic)
     item, topic = pairs // num_topics, pairs % num_topics
     if float(((np.bincount(topic, minlength=num_topics) / num_rows) ** 2).sum()) < _SET_MIN_SHARE:
         return False
@@ -252,7 +258,7 @@ def _build_topic_sets(offsets: np.ndarray, values: np.ndarray) -> TopicSets | No
     num_rows = len(offsets) - 1
     words = (int(values.max()) + 1 + 63) // 64 if values.size else 1
     masks = np.zeros((num_rows, words), dtype=np.uint64)
-    rows = np.repeat(np.arange(num_rows), np.diff(offsets))
+    rows = CSR(offsets, values).row_ids()
     np.bitwise_or.at(masks, (rows, values // 64), np.left_shift(np.uint64(1), (values % 64).astype(np.uint64)))
     # distinct rows through one uint64 key per row (a 1-d sort; many-word rows are mixed, then checked)
     key = masks[:, 0] if words == 1 else (masks * _ROW_MIX[np.arange(words) % len(_ROW_MIX)]).sum(1, dtype=np.uint64)
@@ -386,7 +392,7 @@ def _cosine_pair_sums(lists: RankedLists, k: int) -> np.ndarray:
     of the unit item vectors: ``embedding_bag`` sums per list (no ``[U, k, D]`` copy), so linear in k. The sum of
     the last cut-off asked for is kept, so cut-offs asked in increasing order sum each list position once."""
     unit, unit_sq = _cached(lists, "unit_embeddings", lambda: _unit_embeddings(lists))
-    cache = lists.__dict__.setdefault("_metric_cache", {})
+    cache = _metric_cache(lists)
     # [U, D] sum and [U] summed squared norms of the first `done` unit vectors of each list
     done, total, squares = cache.get("unit_prefix_sum", (0, None, None))
     if done > k or total is None:

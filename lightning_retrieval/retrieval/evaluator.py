@@ -94,8 +94,8 @@ def listed_targets(items: np.ndarray, targets: CSR, n_items: int) -> np.ndarray:
     if width > _BROADCAST_TARGETS:
         return _member(np.arange(len(items))[:, None] * n_items + items, targets.keys(n_items)) & (items >= 0)
     slots = np.full((targets.num_rows, width), -2, dtype=np.int64)  # [U, T] each row's targets, then -2
-    slot = np.arange(targets.values.size) - np.repeat(targets.offsets[:-1], targets.lengths)
-    slots[targets.row_ids(), slot] = targets.values
+    rows = targets.row_ids()
+    slots[rows, np.arange(targets.values.size) - targets.offsets[rows]] = targets.values  # position in its row
     hits = np.zeros(items.shape, dtype=bool)
     for t in range(width):  # at most _BROADCAST_TARGETS vectorised passes
         hits |= items == slots[:, t : t + 1]

@@ -200,10 +200,14 @@ class FaissIndex(IndexBackend):
     def search_allowed(self, queries, k, allowed):
         if self.on_gpu:
             raise RetrievalIndexError("pre-filtered search (IDSelector) runs on CPU indexes only; use_gpu: false")
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, ids = self.index.search(queries, k, params=self._search_parameters(selector, k))
+        scores, ids = self._search_among(queries, k, np.ascontiguousarray(allowed, dtype=np.int64))
         return scores, ids, len(allowed) if self.exact else min(len(allowed), self.size)
+
+    def _search_among(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(scores, ids)`` of the top-``k`` among the corpus ids ``allowed``."""
+        selector = faiss.IDSelectorBatch(allowed)
+        return self.index.search(queries, k, params=self._search_parameters(selector, k))
 
 
 @register("exact_torch")
@@ -509,13 +513,15 @@ class FaissFactoryIndex(FaissIndex):
         return vectors[rows]
 
     def check_corpus(self, num_vectors: int) -> None:
-        if self.locality_clusters is not None and num_vectors < self.locality_clusters:
+        if self.locality_clusters is None:
+            return
+        if num_vectors < self.locality_clusters:
             raise ConfigError(
                 f"faiss_factory: locality_clusters={self.locality_clusters} needs at least that many vectors, the "
                 f"corpus has {num_vectors}; lower locality_clusters or leave it out"
             )
         sample = num_vectors if self.train_size is None else min(self.train_size, num_vectors)
-        if self.locality_clusters is not None and sample < self.locality_clusters:
+        if sample < self.locality_clusters:
             raise ConfigError(
                 f"faiss_factory: locality_clusters={self.locality_clusters} are trained on train_size={sample} "
                 "vectors: raise train_size or lower locality_clusters"
@@ -574,18 +580,17 @@ class FaissFactoryIndex(FaissIndex):
         params.base_index_params, params.referenced_base = graph, graph  # keep the inner parameters alive
         return params
 
-    def search_allowed(self, queries, k, allowed):
-        if self.locality_clusters is None or self.on_gpu:
-            return super().search_allowed(queries, k, allowed)
+    def _search_among(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.locality_clusters is None:
+            return super()._search_among(queries, k, allowed)
         # FAISS's IDMap translates only a top-level selector, not one inside a refine's base parameters: select
         # storage slots on the wrapped index and map its answers back to corpus rows.
-        id_map = faiss.downcast_index(self.index)
         stored, slot = self._storage_order()
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(slot[allowed], dtype=np.int64))
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, ids = id_map.index.search(queries, k, params=self._search_parameters(selector, k))
-        ids = np.where(ids >= 0, stored[np.maximum(ids, 0)], -1)
-        return scores, ids, len(allowed) if self.exact else min(len(allowed), self.size)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(slot[allowed]))
+        scores, ids = faiss.downcast_index(self.index).index.search(
+            queries, k, params=self._search_parameters(selector, k)
+        )
+        return scores, np.where(ids >= 0, stored[np.maximum(ids, 0)], -1)
 
     def _storage_order(self) -> tuple[np.ndarray, np.ndarray]:
         """``(stored [N], slot [N])``: the corpus row of each storage slot and its inverse, read from the IDMap
