@@ -82,11 +82,11 @@ $(PEERS_VENV)/.installed: requirements/peers.txt
 # the peer benchmarks (about 30 min on 2 CPU cores); results land in benchmarks/results/
 bench: install $(PEERS_VENV)/.installed
 	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python peer_comparison.py
-	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python training_throughput.py
+	cd benchmarks && PEERS_PYTHON=$(CURDIR)/$(PEERS_VENV)/bin/python ../$(VENV)/bin/python training_throughput.py --rounds 5
 	cd benchmarks && ../$(VENV)/bin/python training_step_parts.py
 	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
 	cd benchmarks && ../$(VENV)/bin/python eval_throughput.py
-	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py --items 1000000 --queries 2000 --ef 100,128 --build-threads 2
+	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py --items 1000000 --queries 2000 --ef 100,128 --build-threads 2 --name hnsw_target
 	cd benchmarks && ../$(VENV)/bin/python preclustering_speed.py
 	$(VENV)/bin/python benchmarks/prepare_throughput.py
 

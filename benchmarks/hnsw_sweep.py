@@ -9,13 +9,14 @@ through the ``faiss_factory`` backend, ``FACTORY[@efConstruction][/C]``: e.g. ``
 scalar-quantised vectors in the graph; without ``@``: FAISS's default efConstruction 40), ``/C`` adds the vectors
 grouped by C k-means clusters (``locality_clusters``: a query's graph walk stays in nearby memory). Each is
 searched at every efSearch (``max(efSearch, k * k_factor)``), refine factories (``...,RFlat``: exact re-rank of
-``k * k_factor`` graph candidates) also at every ``--k-factors`` entry. The result files are
-rewritten after every build, so a sweep cut short keeps the builds it finished; ``--append`` keeps the rows of
-the previous result file (same data arguments) and adds this run's. Queries/s are relative to the exact FAISS
-index (``IndexFlatIP``) searched in the same run, interleaved with the HNSW searches, best of ``--repeats``;
-recall@k is the share of the exact top-k returned. Seconds are this process's CPU time (searches on one thread:
-``OMP_NUM_THREADS=1``, set here; builds on ``--build-threads``, their CPU seconds summed), so other work on a
-shared machine does not count.
+``k * k_factor`` graph candidates) also at every ``--k-factors`` entry. The result files are rewritten after every
+build, so a sweep cut short keeps the builds it finished; ``--append`` keeps the rows of the previous result file
+(same data arguments) and adds this run's; ``--name`` picks the result file (``make bench`` writes ``hnsw_target``:
+the plain graph and the target setting, measured in that run). Queries/s are relative to the exact FAISS index
+(``IndexFlatIP``) searched in the same run, interleaved with the HNSW searches, best of ``--repeats``; recall@k is
+the share of the exact top-k returned. Seconds are this process's CPU time (searches on one thread:
+``OMP_NUM_THREADS=1``, set here; builds on ``--build-threads``, their CPU seconds summed), so other work on a shared
+machine does not count.
 """
 
 from __future__ import annotations
@@ -115,14 +116,14 @@ def report(args, rows: list[dict], exact_qps: float, done: int, planned: int) ->
         lines.append(f"Note: {args.note}")
     stored = [{**r, "run": "earlier"} for r in rows]
     payload = {"args": vars(args), "exact_queries_per_second": exact_qps, "rows": stored, "best": best}
-    md = write_result("hnsw_sweep", payload, "\n".join(lines))
+    md = write_result(args.name, payload, "\n".join(lines))
     print("\n".join(lines))
     print(f"written: {md}", flush=True)
 
 
 def earlier_rows(args) -> list[dict]:
     """Rows of the previous result file, when it measured the same data (``--append``)."""
-    path = RESULTS / "hnsw_sweep.json"
+    path = RESULTS / f"{args.name}.json"
     if not path.exists():
         return []
     previous = json.loads(path.read_text())
@@ -151,6 +152,11 @@ def main() -> None:
     ap.add_argument("--build-threads", type=int, default=1, help="FAISS threads while building (searches: one)")
     ap.add_argument("--append", action="store_true", help="keep the previous result file's rows")
     ap.add_argument("--note", default="")
+    ap.add_argument(
+        "--name",
+        default="hnsw_sweep",
+        help="result file name under results/ (make bench writes hnsw_target: the committed curve stays)",
+    )
     args = ap.parse_args()
     args.command = (
         f"python benchmarks/hnsw_sweep.py --items {args.items} --queries {args.queries} --builds "
@@ -158,6 +164,7 @@ def main() -> None:
         + (f" --k-factors {args.k_factors}" if any("RFlat" in b or "Refine" in b for b in args.builds) else "")
         + (f" --build-threads {args.build_threads}" if args.build_threads != 1 else "")
         + (" --append" if args.append else "")
+        + (f" --name {args.name}" if args.name != "hnsw_sweep" else "")
     )
     indexes = [(build, make_index(build)) for build in args.builds]
     rows = earlier_rows(args) if args.append else []

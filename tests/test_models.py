@@ -14,8 +14,11 @@ def test_mlp_crossing_shapes_and_dim_errors():
     assert block(torch.randn(5, 3, 8)).shape == (5, 4) and block.output_dim == 4
     with pytest.raises(ValueError, match=r"expects fields of shape \[B, 3, 8\], got \[5, 2, 8\]"):
         block(torch.randn(5, 2, 8))
-    with pytest.raises(ValueError, match="hidden_dims"):
-        MLPCrossing(3, 8, hidden_dims=[])
+    with pytest.raises(ValueError, match="hidden_dims must be positive widths"):
+        MLPCrossing(3, 8, hidden_dims=[16, 0])
+    fields = torch.randn(5, 3, 8)
+    none = MLPCrossing(3, 8, hidden_dims=[], dropout=0.5)  # no hidden layer: the fields pass flattened
+    assert none.output_dim == 24 and torch.equal(none.train()(fields), fields.flatten(1))
     with pytest.raises(ValueError, match="num_fields >= 1"):
         MLPCrossing(0, 8)
 
@@ -27,6 +30,14 @@ def test_tower_is_normalised_and_every_parameter_gets_gradient():
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(4))
     (out * torch.randn(4, 6)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.parameters())
+
+
+def test_a_tower_without_hidden_layers_is_linear_in_its_normalised_fields():
+    tower = FeatureCrossingTower(3, 8, crossing=lambda f, d: MLPCrossing(f, d, hidden_dims=[]), output_dim=6)
+    fields = torch.randn(4, 3, 8)
+    normed = torch.stack([ln(fields[:, i]) for i, ln in enumerate(tower.field_norm)], dim=1).flatten(1)
+    expected = torch.nn.functional.normalize(tower.projection(normed), dim=-1)
+    torch.testing.assert_close(tower(fields), expected)
 
 
 def test_id_embeddings_pool_means_and_reject_out_of_range_ids():

@@ -15,7 +15,8 @@ class MLPCrossing(CrossingBlock):
     """Flattened fields -> MLP.
 
     Args:
-        hidden_dims: widths of the hidden layers; the last one is the output width.
+        hidden_dims: widths of the hidden layers; the last one is the output width. ``[]``: no hidden layer, the
+            flattened fields pass as they are (``[B, F * D]``), so a tower's projection makes it a linear tower.
         dropout: dropout after each hidden layer.
         activation: ``relu``, ``gelu`` or ``silu``.
         layer_norm: LayerNorm after each linear layer.
@@ -31,12 +32,12 @@ class MLPCrossing(CrossingBlock):
         layer_norm: bool = True,
     ):
         super().__init__(num_fields, field_dim)
-        if not hidden_dims or any(h < 1 for h in hidden_dims):
-            raise ValueError(f"hidden_dims must be a non-empty list of positive widths, got {hidden_dims}")
+        if any(h < 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims must be positive widths (or [] for none), got {hidden_dims}")
         self.net = mlp([num_fields * field_dim, *hidden_dims], dropout, activation, layer_norm)
-        self.output_dim = hidden_dims[-1]
+        self.output_dim = hidden_dims[-1] if hidden_dims else num_fields * field_dim
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        """``[B, F, D]`` -> ``[B, hidden_dims[-1]]``."""
+        """``[B, F, D]`` -> ``[B, hidden_dims[-1]]`` (``[B, F * D]`` without hidden layers)."""
         self.check_input(fields)
         return self.net(fields.flatten(1))
