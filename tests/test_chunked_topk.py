@@ -56,6 +56,23 @@ def test_nan_scores_come_first_as_in_torch_topk():
     torch.testing.assert_close(got.values, expected.values, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes_empty_batches_and_strided_input(dtype):
+    scores = torch.randn(3000, 5).to(dtype).T  # [5, 3000], not contiguous
+    got, expected = chunked_topk(scores, 40), torch.topk(scores, 40, dim=1)
+    assert torch.equal(got.values, expected.values) and got.indices.shape == (5, 40)
+    assert torch.equal(scores.gather(1, got.indices), got.values)
+    assert chunked_topk(torch.empty(0, 3000, dtype=dtype), 40).values.shape == (0, 40)
+
+
+def test_out_tensors_of_another_dtype_or_shape_are_refused():
+    scores = torch.randn(4, 5000, dtype=torch.float64)
+    with pytest.raises(ValueError, match="out must be"):
+        chunked_topk(scores, 30, out=(torch.empty(4, 30), torch.empty(4, 30, dtype=torch.long)))
+    with pytest.raises(ValueError, match="out must be"):
+        chunked_topk(scores.float(), 30, out=(torch.empty(4, 29), torch.empty(4, 29, dtype=torch.long)))
+
+
 def test_short_rows_and_out_tensors():
     scores = torch.randn(4, 100)  # N < 2 k CHUNKS: torch.topk itself
     assert torch.equal(chunked_topk(scores, 20).indices, torch.topk(scores, 20, dim=1).indices)
@@ -73,7 +90,7 @@ def test_exact_torch_with_exclusion_equals_its_torch_topk_path(monkeypatch):
     lengths = rng.integers(0, 3000, size=50)
     values = np.concatenate([rng.choice(9742, size=n, replace=False) for n in lengths])
     exclude = CSR(np.concatenate([[0], np.cumsum(lengths)]), values)
-    index = TorchExactIndex(query_batch=16).build(items)
+    index = TorchExactIndex(query_batch=16, use_gpu=False).build(items)  # the CPU path
     scores, ids = index.search(users, 100, exclude=exclude)
     monkeypatch.setattr(
         "lightning_retrieval.retrieval.index.chunked_topk", lambda block, k, out: torch.topk(block, k, 1, out=out)

@@ -297,12 +297,17 @@ def _topic_prefix_stats_by_set(lists: RankedLists, sets: TopicSets) -> np.ndarra
     depth = lists.depth
     for s in range(0, len(lists.items), _SET_CHUNK):
         ids = sets.set_of_item[_list_items(lists, slice(s, s + _SET_CHUNK))]  # [u, K]
-        # the table of the sets these lists hold only: fewer rows, so the lookups stay in cache (same values)
+        # where these lists hold at most half of the sets: a table of those only (fewer rows, so the lookups
+        # stay in cache; same values); otherwise the corpus table as it is (no [S, S] copy per chunk)
         present = np.flatnonzero(np.bincount(ids.reshape(-1), minlength=len(sets.masks)))
-        local = np.empty(len(sets.masks), dtype=np.intp)
-        local[present] = np.arange(len(present))
-        num_sets, table = len(present), sets.jaccard[np.ix_(present, present)].reshape(-1)
-        by_position = np.ascontiguousarray(local[ids.T])  # [K, u] row of each listed set in the chunk's table
+        if 2 * len(present) <= len(sets.masks):
+            local = np.empty(len(sets.masks), dtype=np.intp)
+            local[present] = np.arange(len(present))
+            num_sets, table = len(present), sets.jaccard[np.ix_(present, present)].reshape(-1)
+            by_position = np.ascontiguousarray(local[ids.T])  # [K, u] row of each listed set in the chunk's table
+        else:
+            num_sets, table = len(sets.masks), sets.jaccard.reshape(-1)
+            by_position = np.ascontiguousarray(ids.T, dtype=np.intp)  # [K, u]
         rows = by_position * num_sets  # table row of each listed set
         per_later = np.zeros(by_position.shape, dtype=np.float32)  # [K, u] Jaccard sum over i < j, per j
         index, similarity = np.empty_like(by_position), np.empty(by_position.shape, dtype=np.float32)

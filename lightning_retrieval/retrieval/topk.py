@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNKS = 8  # elements per chunk: measured best of 4-16 at 610 x 9,744 and 610 x 20,000 (k = 100)
+CHUNKS = 8  # elements per chunk: the fastest of 4-16 at 610 x 9,744 and 610 x 20,000 (k = 100, one thread)
 
 
 def chunked_topk(scores: torch.Tensor, k: int, out: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -12,14 +12,24 @@ def chunked_topk(scores: torch.Tensor, k: int, out: tuple[torch.Tensor, torch.Te
     the candidates in the ``k`` best of ``N // CHUNKS`` chunks.
 
     Chunk ``j`` holds columns ``j, j + w, ..., j + (CHUNKS - 1) w`` (``w = N // CHUNKS``; the last ``N % CHUNKS``
-    columns are always candidates). Exact: a chunk that holds one of a row's top-k elements has its maximum among
-    the row's top-k, and distinct chunks have distinct maxima, so those chunks are among the ``k`` with the largest
-    maxima. Values equal ``torch.topk``'s bit for bit; indices too, except which of equal scores is returned
-    (``torch.topk`` leaves that open as well). On CPU torch's top-k costs ~5 ns per element and per row; here one
-    pass of maxima over the block and two top-k's over ``N / CHUNKS`` and ``k * CHUNKS`` columns (610 x 9,744,
-    k = 100: 20 ms against 29 ms). Other devices, and rows too short for chunks to prune (``N < 2 k CHUNKS``),
-    use ``torch.topk``."""
+    columns are always candidates). Exact: let ``v`` be a row's k-th largest score and ``g < k`` the number of
+    elements above it. At most ``g`` chunks have a maximum above ``v``, and they rank first: all are kept, so every
+    element above ``v`` is a candidate. The chunks with maximum ``v`` rank next: all of them are kept, or at least
+    ``k - g`` of them, each holding an element equal to ``v``; so the candidates hold the row's top-k values. Values
+    equal ``torch.topk``'s (up to the sign of tied zeros); indices too, except which of equal scores is returned
+    (``torch.topk`` leaves that open as well). On CPU torch's top-k costs ~5 ns per element; this is one pass of
+    maxima over the block and two top-k's over ``N / CHUNKS`` and ``k * CHUNKS`` columns
+    (``benchmarks/results/eval_throughput.md``: the bare matmul + top-100 at 610 x 9,742 and 5,000 x 20,000).
+    Other devices, and rows too short for chunks to prune (``N < 2 k CHUNKS``), use ``torch.topk``. ``out``:
+    ``(values, indices)`` of shape ``[B, k]``, the scores' dtype and int64."""
     b, n = scores.shape
+    if out is not None and (
+        out[0].shape != (b, k) or out[1].shape != (b, k) or out[0].dtype != scores.dtype or out[1].dtype != torch.long
+    ):
+        raise ValueError(
+            f"out must be ([{b}, {k}] {scores.dtype}, [{b}, {k}] int64) tensors, got "
+            f"({list(out[0].shape)} {out[0].dtype}, {list(out[1].shape)} {out[1].dtype})"
+        )
     w = n // CHUNKS
     if scores.device.type != "cpu" or w < 2 * k:
         return torch.topk(scores, k, dim=1, out=out) if out is not None else torch.topk(scores, k, dim=1)
