@@ -87,7 +87,7 @@ bench: install $(PEERS_VENV)/.installed
 	cd benchmarks && ../$(VENV)/bin/python index_comparison.py
 	cd benchmarks && ../$(VENV)/bin/python eval_throughput.py
 	cd benchmarks && ../$(VENV)/bin/python hnsw_sweep.py --items 1000000 --queries 2000 --ef 100,128 --build-threads 2 --name hnsw_target
-	cd benchmarks && ../$(VENV)/bin/python preclustering_speed.py
+	cd benchmarks && ../$(VENV)/bin/python preclustering_speed.py --batches 6 --threads 1
 	$(VENV)/bin/python benchmarks/prepare_throughput.py
 
 # training examples/s and evaluation users/s on the GPU when torch sees one (CPU numbers otherwise, and it says so)
