@@ -52,7 +52,6 @@ DEPTH = 100
 KS = [10, 20, 50, 100]
 
 
-# RecBole's full-sort evaluation on the same shapes, from benchmarks/results/peer_comparison.md (another run)
 def recbole_seconds() -> dict[str, float]:
     """RecBole's full-sort seconds per scale from the peer comparison's result file (``make bench`` runs it
     first); empty where it has not been run."""
@@ -104,6 +103,7 @@ def bare_topk(users: np.ndarray, items: np.ndarray, k: int, block: int, topk=tor
 
 
 FULL_TORCH = "ours, exact_torch, full protocol"
+CHUNKED_BARE = "bare matmul + chunked top-100 (exact_torch's top-k)"
 ACCURACY_METRICS = ["recall", "ndcg", "hit_rate", "mrr", "coverage"]
 
 
@@ -124,10 +124,10 @@ def contenders(data: dict, evaluator: RetrievalEvaluator) -> dict:
 
     return {
         "bare matmul + top-100": lambda: bare_topk(users, items, DEPTH, block),
-        "bare matmul + chunked top-100 (exact_torch's top-k)": lambda: bare_topk(
+        CHUNKED_BARE: lambda: bare_topk(
             users, items, DEPTH, block, topk=lambda scores, k, dim: chunked_topk(scores, k)
         ),
-        "ours, exact_torch, full protocol": full(TorchExactIndex),
+        FULL_TORCH: full(TorchExactIndex),
         "ours, exact (FAISS), full protocol": full(ExactIndex),
         "ours, exact_torch over-fetch (previous path), full protocol": full(TorchExactIndex, overfetch=True),
         "ours, exact_torch, accuracy metrics + coverage only": full(TorchExactIndex, protocol=accuracy_only),
@@ -267,14 +267,13 @@ def main() -> None:
             for r in results.values()
         ),
     ]
-    chunked = "bare matmul + chunked top-100 (exact_torch's top-k)"
     md += [
         "",
         "`exact_torch` takes its top-k on CPU from `chunked_topk` (exact: the candidates of the k best of N/8 "
         "chunks), not `torch.topk`; part of its lead over the bare row is that top-k. The full protocol over the "
         "bare matmul with the same top-k (what exclusion and metrics cost): "
         + "; ".join(
-            f"{r['users']:,} x {r['items']:,} {r['seconds'][FULL_TORCH] / r['seconds'][chunked]:.2f}x"
+            f"{r['users']:,} x {r['items']:,} {r['seconds'][FULL_TORCH] / r['seconds'][CHUNKED_BARE]:.2f}x"
             for r in results.values()
         )
         + ".",

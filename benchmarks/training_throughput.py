@@ -60,6 +60,24 @@ def peers(models: list[str], batches: int, clock: str, env_extra: dict | None = 
     return {r["model"]: r["batch_seconds_median"] for r in json.loads(out.stdout.decode().strip().splitlines()[-1])}
 
 
+def pair_row(ours: str, peer: str, best: dict, rounds: list[dict], batch: int) -> dict:
+    """One model of ours against its torch-rechub peer: examples/s from the best rounds and the ratios, also
+    against the peer given our allocator setting, and the same ratios within each round."""
+    ours_s, peer_s, tuned_s = best[ours], best[peer], best[peer + TUNED]
+    return {
+        "ours": ours,
+        "peer": peer,
+        "ours_examples_per_second": batch / ours_s,
+        "peer_examples_per_second": batch / peer_s,
+        "ratio": peer_s / ours_s,
+        "peer_same_allocator_examples_per_second": batch / tuned_s,
+        "ratio_same_allocator": tuned_s / ours_s,
+        # the same ratios within each round (both sides timed minutes apart): spread of the headline
+        "round_ratios": sorted(r[peer] / r[ours] for r in rounds),
+        "round_ratios_same_allocator": sorted(r[peer + TUNED] / r[ours] for r in rounds),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -100,23 +118,7 @@ def main() -> None:
         rounds.append(row)
     batch = built[ours_names[0]][1].batch_size
     best = {name: min(r[name] for r in rounds) for name in rounds[0]}
-    table = []
-    for name in ours_names:
-        ours_s, peer_s = best[name], best[PAIRS[name]]
-        table.append(
-            {
-                "ours": name,
-                "peer": PAIRS[name],
-                "ours_examples_per_second": batch / ours_s,
-                "peer_examples_per_second": batch / peer_s,
-                "ratio": peer_s / ours_s,
-                "peer_same_allocator_examples_per_second": batch / best[PAIRS[name] + TUNED],
-                "ratio_same_allocator": best[PAIRS[name] + TUNED] / ours_s,
-                # the same ratios within each round (both sides timed minutes apart): spread of the headline
-                "round_ratios": sorted(r[PAIRS[name]] / r[name] for r in rounds),
-                "round_ratios_same_allocator": sorted(r[PAIRS[name] + TUNED] / r[name] for r in rounds),
-            }
-        )
+    table = [pair_row(name, PAIRS[name], best, rounds, batch) for name in ours_names]
     lines = [
         "# Training throughput: ours vs torch-rechub, side by side",
         "",
@@ -137,19 +139,7 @@ def main() -> None:
             f"{row['peer_examples_per_second']:,.0f} | **{row['ratio']:.2f}x** | "
             f"{row['peer_same_allocator_examples_per_second']:,.0f} | {row['ratio_same_allocator']:.2f}x |"
         )
-    linear = []
-    for name in matched:
-        ours_s, peer_s, tuned_s = best[name + LINEAR], best[PAIRS[name]], best[PAIRS[name] + TUNED]
-        linear.append(
-            {
-                "ours": name + LINEAR,
-                "peer": PAIRS[name],
-                "ours_examples_per_second": batch / ours_s,
-                "ratio": peer_s / ours_s,
-                "ratio_same_allocator": tuned_s / ours_s,
-                "round_ratios": sorted(r[PAIRS[name]] / r[name + LINEAR] for r in rounds),
-            }
-        )
+    linear = [pair_row(name + LINEAR, PAIRS[name], best, rounds, batch) for name in matched]
     if linear:
         lines += [
             "",

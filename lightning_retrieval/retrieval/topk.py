@@ -32,7 +32,7 @@ def chunked_topk(scores: torch.Tensor, k: int, out: tuple[torch.Tensor, torch.Te
         )
     w = n // CHUNKS
     if scores.device.type != "cpu" or w < 2 * k:
-        return torch.topk(scores, k, dim=1, out=out) if out is not None else torch.topk(scores, k, dim=1)
+        return torch.topk(scores, k, dim=1, out=out)
     best = scores[:, :w].clone()
     for r in range(1, CHUNKS):
         torch.maximum(best, scores[:, r * w : (r + 1) * w], out=best)  # NaN propagates: a NaN chunk is kept
