@@ -46,6 +46,24 @@ def one_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def reference_gflops(repeats: int = 3) -> float:
+    """One thread's float32 matrix-multiply speed ([512, 256] x [256, 256], best of ``repeats`` rounds of 200, process
+    CPU time): a yardstick for comparing the absolute seconds of runs made on differently loaded machines."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 256), torch.randn(256, 256)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(200):
+            a @ b
+        best = min(best, time.process_time() - start)
+    torch.set_num_threads(threads)
+    return 200 * 2 * 512 * 256 * 256 / best / 1e9
+
+
 def write_result(name: str, payload: dict, markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **payload}
