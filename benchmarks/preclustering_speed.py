@@ -81,14 +81,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, data = build_from_config(args.config)
     interests = next((m for m in model.modules() if isinstance(m, PreClusteringInterests)), None)
+    if interests is None:
+        raise SystemExit(f"{args.config} has no preclustering interest module: this benchmark times its Ward step")
     seen = []  # (history [B, L, D], mask [B, L]) of each training batch, as the module got them
     hook = interests.register_forward_pre_hook(lambda _, inputs: seen.append((inputs[0].detach(), inputs[1])))
     timing = time_training(model, data, args.batches, clock=time.process_time)
     hook.remove()
     per_batch, batches_per_epoch = timing["batch_seconds_median"], timing["batches_per_epoch"]
     # Ward alone on history-shaped random inputs: [batch, max_history, width], full histories, ...
-    batch, length, width = data.batch_size, data.max_history, getattr(interests, "embedding_dim", 64)
-    k = getattr(interests, "num_interests", 4)
+    batch, length, width, k = data.batch_size, data.max_history, interests.embedding_dim, interests.num_interests
     x = torch.randn(batch, length, width)
     mask = torch.ones(batch, length, dtype=torch.bool)
     distances = pairwise_squared_distances(x)
