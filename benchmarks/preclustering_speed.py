@@ -7,7 +7,8 @@ logging or checkpoints) and extrapolates to the epoch: ``median seconds per batc
 included) x batches per epoch``. Also times ``ward_labels`` alone: on history-shaped random inputs (full
 histories of Gaussian points), from the points and given the ``[B, L, L]`` distance matrix that the module
 computes anyway for the medoids; and on the histories the module got in the measured training batches (real
-lengths, trained embeddings) given their distances, which is what Ward adds to a training batch. Seconds are this
+lengths, trained embeddings) given their distances, which is what Ward adds to a training batch; each with the
+default implementation (the compiled kernel) and the batched torch loop, whose labels must agree. Seconds are this
 process's CPU time (one thread with ``--threads 1``), so other work on a shared machine does not count; limited
 batches: the epoch figure is an extrapolation, and the machine's load and matmul speed are recorded with it.
 """
@@ -98,10 +99,15 @@ def main() -> None:
     runs = {
         "lance_williams": lambda: ward_labels(x, mask, k),
         "given_distances": lambda: ward_labels(x, mask, k, distances=distances),
+        "torch_given_distances": lambda: ward_labels(x, mask, k, distances=distances, implementation="torch"),
         "recompute": lambda: ward_labels_recompute(x, mask, k),
     }
     for i, (h, m, d) in enumerate(trained):
         runs[f"training_batch_{i}"] = lambda h=h, m=m, d=d: ward_labels(h, m, k, distances=d)
+        runs[f"torch_training_batch_{i}"] = lambda h=h, m=m, d=d: ward_labels(
+            h, m, k, distances=d, implementation="torch"
+        )
+    ward_labels(x[:2], mask[:2], k)  # the compiled kernel loads (or compiles) once, outside the timings
     best = {name: float("inf") for name in runs}
     for _ in range(args.repeats):  # interleaved (all in every round), best of the rounds
         for name, run in runs.items():
@@ -109,8 +115,16 @@ def main() -> None:
             run()
             best[name] = min(best[name], time.process_time() - start)
     same = bool(torch.equal(ward_labels_recompute(x, mask, k), ward_labels(x, mask, k)))
-    per_trained = sorted(best[f"training_batch_{i}"] for i in range(len(trained)))
-    trained_seconds = per_trained[len(per_trained) // 2]
+    same_as_torch = all(
+        torch.equal(ward_labels(h, m, k, distances=d), ward_labels(h, m, k, distances=d, implementation="torch"))
+        for h, m, d in [(x, mask, distances), *trained]
+    )
+
+    def median(prefix: str) -> float:
+        times = sorted(best[f"{prefix}{i}"] for i in range(len(trained)))
+        return times[len(times) // 2]
+
+    trained_seconds, torch_trained_seconds = median("training_batch_"), median("torch_training_batch_")
     mean_length = float(torch.cat([m.sum(1) for _, m, _ in trained]).float().mean())
     gflops = reference_gflops()
     ward_seconds, merge_seconds = best["lance_williams"], best["given_distances"]
@@ -126,6 +140,11 @@ def main() -> None:
         "ward_epoch_seconds_in_training_extrapolated": merge_seconds * batches_per_epoch,
         "ward_seconds_per_training_batch_given_distances_median": trained_seconds,
         "ward_epoch_seconds_training_batches_extrapolated": trained_seconds * batches_per_epoch,
+        "torch_loop_ward_seconds_per_batch_given_distances": best["torch_given_distances"],
+        "torch_loop_ward_seconds_per_training_batch_median": torch_trained_seconds,
+        "torch_loop_ward_epoch_seconds_training_batches_extrapolated": torch_trained_seconds * batches_per_epoch,
+        "compiled_speedup_over_torch_loop_training_batches": torch_trained_seconds / trained_seconds,
+        "same_labels_compiled_and_torch_loop": same_as_torch,
         "training_batches_mean_history_length": mean_length,
         "reference_sgemm_gflops_one_thread": gflops,
         "previous_ward_seconds_per_batch_full_histories": best["recompute"],
@@ -139,6 +158,10 @@ def main() -> None:
     md = "\n".join(
         [
             "# Pre-clustering (Ward, Lance-Williams) training speed",
+            "",
+            "`ward_labels` rows without a qualifier are the module's default implementation (the compiled kernel, "
+            '`models/interests/ward_kernel.py`); the torch-loop rows are `implementation="torch"` on the same '
+            "inputs, in the same rounds.",
             "",
             f"Command: `python benchmarks/preclustering_speed.py --batches {args.batches}"
             + (f" --threads {args.threads}" if args.threads else "")
@@ -160,6 +183,13 @@ def main() -> None:
             f"{length}) given their distances, median of {len(trained)} (s) | {trained_seconds:.3f} |",
             f"| **Ward per epoch in training (training batches' median x batches per epoch) (s)** | "
             f"**{trained_seconds * batches_per_epoch:.1f}** |",
+            f'| the batched torch loop (`implementation="torch"`), same training batches, median (s) | '
+            f"{torch_trained_seconds:.3f} |",
+            f"| the torch loop's Ward per epoch in training (s) | {torch_trained_seconds * batches_per_epoch:.1f} |",
+            f"| the torch loop on the full random histories, given distances (s) | "
+            f"{best['torch_given_distances']:.3f} |",
+            f"| **compiled kernel vs torch loop, training batches** | "
+            f"**{torch_trained_seconds / trained_seconds:.1f}x** (same labels on every batch: {same_as_torch}) |",
             f"| previous Ward (all distances recomputed per merge), same input (s) | {best['recompute']:.3f} |",
             f"| **Ward speed-up, side by side** | **{best['recompute'] / ward_seconds:.1f}x** (same labels: {same}) |",
             f"| epoch with the previous Ward, extrapolated (s) | "

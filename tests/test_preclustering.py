@@ -21,8 +21,12 @@ def scipy_cut(points: np.ndarray, k: int) -> np.ndarray:
     return hierarchy.fcluster(hierarchy.linkage(points, method="ward"), k, criterion="maxclust")
 
 
+IMPLEMENTATIONS = ["compiled", "torch"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ward_equals_scipy_linkage_at_every_cut(seed):
+def test_ward_equals_scipy_linkage_at_every_cut(seed, implementation):
     rng = np.random.default_rng(seed)
     batch, length, dim = 6, 24, 5
     centres = rng.normal(size=(4, dim)) * 3
@@ -31,7 +35,7 @@ def test_ward_equals_scipy_linkage_at_every_cut(seed):
     mask = np.arange(length)[None] < lengths[:, None]
     xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
     for k in range(1, length + 1):
-        labels = ward_labels(xt, mt, k).numpy()
+        labels = ward_labels(xt, mt, k, implementation=implementation).numpy()
         for u in range(batch):
             n = lengths[u]
             assert (labels[u, n:] == -1).all()
@@ -40,14 +44,51 @@ def test_ward_equals_scipy_linkage_at_every_cut(seed):
             assert same_partition(ours, scipy_cut(x[u, :n], min(k, n))), (seed, k, u)
 
 
-def test_ward_ignores_padding_values():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_ward_ignores_padding_values(implementation):
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.normal(size=(2, 10, 3)))
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 6:] = False
     noisy = x.clone()
     noisy[1, 6:] = 1e6  # garbage in the padded slots must not change the clusters
-    np.testing.assert_array_equal(ward_labels(x, mask, 3).numpy(), ward_labels(noisy, mask, 3).numpy())
+    np.testing.assert_array_equal(
+        ward_labels(x, mask, 3, implementation=implementation).numpy(),
+        ward_labels(noisy, mask, 3, implementation=implementation).numpy(),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_and_torch_ward_give_the_same_labels_bit_for_bit(dtype):
+    """Ragged masks with holes anywhere, every cut, and points on a small integer grid, so that many Ward
+    distances tie exactly: the compiled kernel must break every tie as the batched torch loop does."""
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(60):
+        batch, length, dim = 1 + trial % 9, 1 + (7 * trial) % 41, 1 + trial % 5
+        if trial % 2:
+            x = torch.randint(0, 3, (batch, length, dim), generator=gen).to(dtype)  # exact ties
+        else:
+            x = torch.randn(batch, length, dim, generator=gen, dtype=dtype)
+        mask = torch.rand(batch, length, generator=gen) < 0.8
+        for k in (1, 2, 5):
+            torch_labels = ward_labels(x, mask, k, implementation="torch")
+            compiled = ward_labels(x, mask, k, implementation="compiled")
+            assert torch.equal(torch_labels, compiled), (trial, k)
+            live = [len(set(row[m].tolist())) for row, m in zip(compiled, mask)]
+            assert live == [min(k, int(m.sum())) for m in mask]  # exactly min(k, n) clusters per user
+
+
+def test_ward_refuses_unknown_implementations_and_uncompilable_inputs():
+    x, mask = torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="implementation must be one of .*'compiled'.*got 'numba'"):
+        ward_labels(x, mask, 2, implementation="numba")
+    with pytest.raises(ValueError, match="compiled Ward takes CPU float32/float64 points, got torch.float16"):
+        ward_labels(x.half(), mask, 2, implementation="compiled")
+    # auto (the module's choice) gives the torch loop's labels
+    assert torch.equal(
+        ward_labels(x.double(), mask, 2, implementation="torch"),
+        ward_labels(x.double(), mask, 2),
+    )
 
 
 def test_preclustering_forward_is_batch_independent():
@@ -71,7 +112,8 @@ def test_pairwise_distances_equal_the_full_cdist_bit_for_bit():
     assert torch.equal(pairs, pairs.transpose(1, 2))
 
 
-def test_ward_float32_histories_match_scipy_and_the_given_distance_matrix():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_ward_float32_histories_match_scipy_and_the_given_distance_matrix(implementation):
     """Training-shaped input (float32, width 64, history 50, ragged lengths): scipy's partition at K = 1, 4, 7;
     passing the distance matrix (as the module does) gives the same labels and leaves the matrix untouched."""
     from lightning_retrieval.models.interests.preclustering import pairwise_squared_distances
@@ -87,8 +129,9 @@ def test_ward_float32_histories_match_scipy_and_the_given_distance_matrix():
     distances = pairwise_squared_distances(xt)
     before = distances.clone()
     for k in (1, 4, 7):
-        labels = ward_labels(xt, mt, k).numpy()
-        assert np.array_equal(labels, ward_labels(xt, mt, k, distances=distances).numpy())
+        labels = ward_labels(xt, mt, k, implementation=implementation).numpy()
+        given = ward_labels(xt, mt, k, distances=distances, implementation=implementation)
+        assert np.array_equal(labels, given.numpy())
         for u in range(batch):
             n = lengths[u]
             assert (labels[u, n:] == -1).all()

@@ -34,8 +34,21 @@ def pairwise_squared_distances(x: torch.Tensor, block: int = 13) -> torch.Tensor
     return out
 
 
-def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int, distances: torch.Tensor | None = None) -> torch.Tensor:
-    """Ward agglomerative clustering down to (at most) ``k`` clusters per user, batched over users.
+WARD_IMPLEMENTATIONS = ("auto", "compiled", "torch")
+
+
+def ward_labels(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    distances: torch.Tensor | None = None,
+    implementation: str = "auto",
+) -> torch.Tensor:
+    """Ward agglomerative clustering down to (at most) ``k`` clusters per user.
+
+    Two implementations of the same merges, with the same labels bit for bit: ``compiled`` (numba, one user
+    after another, ``ward_kernel.ward_labels_compiled``; CPU tensors of float32 or float64) and ``torch`` (below,
+    batched over users, any device). ``auto`` takes ``compiled`` where it applies, else ``torch``.
 
     Every step merges, for each user still above ``k`` clusters, the pair with the smallest Ward distance
     ``D(a, b) = 2 n_a n_b / (n_a + n_b) |mu_a - mu_b|^2`` (twice the increase in within-cluster variance; the
@@ -55,12 +68,24 @@ def ward_labels(x: torch.Tensor, mask: torch.Tensor, k: int, distances: torch.Te
         x: ``[B, L, D]`` points; mask: ``[B, L]`` True for real points.
         distances: optional ``[B, L, L]`` ``pairwise_squared_distances(x)`` when the caller has them (not
             modified).
+        implementation: one of ``WARD_IMPLEMENTATIONS``.
     Returns:
         cluster labels ``[B, L]``: the slot of the cluster's surviving (lowest) member; -1 for padding.
     """
     batch, length, _ = x.shape
     if distances is not None and distances.shape != (batch, length, length):
         raise ValueError(f"distances must be [B, L, L] = {[batch, length, length]}, got {list(distances.shape)}")
+    if implementation not in WARD_IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {WARD_IMPLEMENTATIONS}, got {implementation!r}")
+    compilable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    if implementation == "compiled" and not compilable:
+        raise ValueError(f"the compiled Ward takes CPU float32/float64 points, got {x.dtype} on {x.device}")
+    if implementation != "torch" and compilable:
+        from lightning_retrieval.models.interests.ward_kernel import ward_labels_compiled
+
+        dist = pairwise_squared_distances(x) if distances is None else distances.to(x.dtype, copy=True)
+        labels = ward_labels_compiled(dist.contiguous().numpy(), mask.to(torch.bool).contiguous().numpy(), int(k))
+        return torch.from_numpy(labels)
     device, inf = x.device, float("inf")
     slots = torch.arange(length, device=device)
     merges = (mask.sum(1) - k).clamp(min=0)  # [B] merge steps of each user
