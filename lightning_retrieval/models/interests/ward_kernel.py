@@ -3,7 +3,8 @@ loop in ``preclustering.ward_labels``, without its ~30 small tensor operations p
 
 The arithmetic is that loop's, operation for operation and in the distances' dtype (float32 stays float32, no
 fused multiply-add), so both give the same labels bit for bit; ``tests/test_preclustering.py`` checks it.
-Compiled on first use and cached next to this file (numba's ``cache=True``).
+Compiled on first use and cached next to this file, or in the user's cache folder where this one is read-only
+(numba's ``cache=True``); with neither writable, compiled once per process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(function):
+    """``numba.njit`` with an on-disk cache where numba finds a writable place for it."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _first_min(row: np.ndarray) -> tuple:
     """The smallest value of ``row [L]`` and its first slot (slot 0 when all are inf, as ``torch.min``)."""
     best, best_to = row[0], 0
@@ -22,7 +31,7 @@ def _first_min(row: np.ndarray) -> tuple:
     return best, best_to
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def ward_labels_compiled(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     """Ward clustering down to (at most) ``k`` clusters per user.
 
