@@ -60,15 +60,21 @@ def test_ward_ignores_padding_values(implementation):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_and_torch_ward_give_the_same_labels_bit_for_bit(dtype):
-    """Ragged masks with holes anywhere, every cut, and points on a small integer grid, so that many Ward
-    distances tie exactly: the compiled kernel must break every tie as the batched torch loop does."""
+    """Ragged masks with holes anywhere, several cuts, and points that make Ward distances tie: small integer grids
+    of 1 to 3 dimensions (exact ties), the same grids scaled by 0.1 (ties that rounding makes or breaks), and
+    repeats of three points. The compiled kernel must break every tie as the batched torch loop."""
     gen = torch.Generator().manual_seed(7)
-    for trial in range(60):
-        batch, length, dim = 1 + trial % 9, 1 + (7 * trial) % 41, 1 + trial % 5
-        if trial % 2:
-            x = torch.randint(0, 3, (batch, length, dim), generator=gen).to(dtype)  # exact ties
+    for trial in range(160):
+        batch, length, dim = 1 + trial % 9, 1 + (7 * trial) % 41, 1 + trial % 3
+        grid = torch.randint(0, 2 + trial % 3, (batch, length, dim), generator=gen).to(dtype)
+        if trial % 4 == 0:
+            x = grid
+        elif trial % 4 == 1:
+            x = grid * 0.1
+        elif trial % 4 == 2:
+            x = torch.randn(batch, 3, dim, generator=gen, dtype=dtype)[:, torch.randint(0, 3, (length,), generator=gen)]
         else:
-            x = torch.randn(batch, length, dim, generator=gen, dtype=dtype)
+            x = torch.randn(batch, length, dim + 2, generator=gen, dtype=dtype)
         mask = torch.rand(batch, length, generator=gen) < 0.8
         for k in (1, 2, 5):
             torch_labels = ward_labels(x, mask, k, implementation="torch")
@@ -89,6 +95,43 @@ def test_ward_refuses_unknown_implementations_and_uncompilable_inputs():
         ward_labels(x.double(), mask, 2, implementation="torch"),
         ward_labels(x.double(), mask, 2),
     )
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_ward_names_bad_arguments_instead_of_reading_out_of_bounds(implementation):
+    """The kernel has no bounds checks: shapes, dtypes and k are checked before it runs, for both paths."""
+    x, mask = torch.randn(2, 6, 3), torch.ones(2, 6, dtype=torch.bool)
+    for bad_mask in (torch.ones(2, 9, dtype=torch.bool), torch.ones(3, 6, dtype=torch.bool), mask.long()):
+        with pytest.raises(ValueError, match=r"points \[B, L, D\] and a bool mask \[B, L\], got \[2, 6, 3\]"):
+            ward_labels(x, bad_mask, 2, implementation=implementation)
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k .* must be an int >= 1"):
+            ward_labels(x, mask, bad_k, implementation=implementation)
+    with pytest.raises(ValueError, match=r"distances must be \[B, L, L\] = \[2, 6, 6\] of the points' dtype"):
+        ward_labels(x, mask, 2, distances=torch.zeros(2, 6, 6, dtype=torch.float64), implementation=implementation)
+    with pytest.raises(ValueError, match=r"distances must be \[B, L, L\]"):
+        ward_labels(x, mask, 2, distances=torch.zeros(2, 6, 5), implementation=implementation)
+    assert ward_labels(x.requires_grad_(), mask, 2, implementation=implementation).shape == (2, 6)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_ward_refuses_non_finite_distances_between_real_points(implementation):
+    """NaN in a point, or float32 overflow, is an error naming the users; garbage in padding is not."""
+    x, mask = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0)), torch.ones(4, 6, dtype=torch.bool)
+    mask[3, 4:] = False
+    padded_garbage = x.clone()
+    padded_garbage[3, 4:] = float("nan")
+    assert (ward_labels(padded_garbage, mask, 2, implementation=implementation)[3, 4:] == -1).all()
+    nan_point = x.clone()
+    nan_point[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite squared distances .* users \[1\]"):
+        ward_labels(nan_point, mask, 2, implementation=implementation)
+    huge = x.clone()
+    huge[2] *= 4e19  # squared distances overflow float32
+    with pytest.raises(ValueError, match=r"users \[2\] .*float overflow"):
+        ward_labels(huge, mask, 4, implementation=implementation)
+    with pytest.raises(ValueError, match=r"users \[2\]"):  # also when no user needs a merge (k = n = 6)
+        ward_labels(huge, mask, 6, implementation=implementation)
 
 
 def test_preclustering_forward_is_batch_independent():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from lightning_retrieval.models.interests.base import InterestModule, farthest_point_order
@@ -35,6 +37,45 @@ def pairwise_squared_distances(x: torch.Tensor, block: int = 13) -> torch.Tensor
 
 
 WARD_IMPLEMENTATIONS = ("auto", "compiled", "torch")
+COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_ward_input(
+    x: torch.Tensor, mask: torch.Tensor, k: int, distances: torch.Tensor | None, implementation: str
+) -> None:
+    """Errors naming what is wrong with ``ward_labels``' arguments (the compiled kernel does no bounds checks)."""
+    if implementation not in WARD_IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {WARD_IMPLEMENTATIONS}, got {implementation!r}")
+    if x.dim() != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+        raise ValueError(
+            f"ward_labels expects points [B, L, D] and a bool mask [B, L], got {list(x.shape)} and "
+            f"{mask.dtype} {list(mask.shape)}"
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k (clusters per user) must be an int >= 1, got {k!r}")
+    batch, length, _ = x.shape
+    if distances is not None and (
+        distances.shape != (batch, length, length) or distances.dtype != x.dtype or distances.device != x.device
+    ):
+        raise ValueError(
+            f"distances must be [B, L, L] = {[batch, length, length]} of the points' dtype and device "
+            f"({x.dtype}, {x.device}), got {list(distances.shape)} {distances.dtype} on {distances.device}"
+        )
+    if implementation == "compiled" and (x.device.type != "cpu" or x.dtype not in COMPILED_DTYPES):
+        raise ValueError(f"the compiled Ward takes CPU float32/float64 points, got {x.dtype} on {x.device}")
+
+
+def _check_finite(dist: torch.Tensor, mask: torch.Tensor, bad: torch.Tensor | None = None) -> None:
+    """``dist [B, L, L]`` must be finite between real points (padding may hold anything); ``bad [B]``: the users
+    found non-finite already (the compiled kernel checks as it goes)."""
+    if bad is None:
+        bad = (~torch.isfinite(dist) & mask[:, :, None] & mask[:, None, :]).flatten(1).any(1)  # [B]
+    if bool(bad.any()):
+        users = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(
+            f"non-finite squared distances between the real points of users {users} of the batch (NaN or inf in "
+            "their points, or float overflow): Ward needs finite distances"
+        )
 
 
 def ward_labels(
@@ -72,20 +113,18 @@ def ward_labels(
     Returns:
         cluster labels ``[B, L]``: the slot of the cluster's surviving (lowest) member; -1 for padding.
     """
+    _check_ward_input(x, mask, k, distances, implementation)
     batch, length, _ = x.shape
-    if distances is not None and distances.shape != (batch, length, length):
-        raise ValueError(f"distances must be [B, L, L] = {[batch, length, length]}, got {list(distances.shape)}")
-    if implementation not in WARD_IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {WARD_IMPLEMENTATIONS}, got {implementation!r}")
-    compilable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-    if implementation == "compiled" and not compilable:
-        raise ValueError(f"the compiled Ward takes CPU float32/float64 points, got {x.dtype} on {x.device}")
-    if implementation != "torch" and compilable:
+    if implementation != "torch" and x.device.type == "cpu" and x.dtype in COMPILED_DTYPES:
         from lightning_retrieval.models.interests.ward_kernel import ward_labels_compiled
 
-        dist = pairwise_squared_distances(x) if distances is None else distances.to(x.dtype, copy=True)
-        labels = ward_labels_compiled(dist.contiguous().numpy(), mask.to(torch.bool).contiguous().numpy(), int(k))
+        dist = pairwise_squared_distances(x.detach()) if distances is None else distances.detach().clone()
+        bad = torch.zeros(batch, dtype=torch.bool)
+        labels = ward_labels_compiled(dist.contiguous().numpy(), mask.contiguous().numpy(), int(k), bad.numpy())
+        _check_finite(dist, mask, bad)
         return torch.from_numpy(labels)
+    dist = pairwise_squared_distances(x.detach()) if distances is None else distances.detach()
+    _check_finite(dist, mask)
     device, inf = x.device, float("inf")
     slots = torch.arange(length, device=device)
     merges = (mask.sum(1) - k).clamp(min=0)  # [B] merge steps of each user
@@ -93,7 +132,7 @@ def ward_labels(
         return torch.where(mask, slots, -1)
     order = merges.argsort(descending=True, stable=True)
     mask, merges = mask[order], merges[order]
-    dist = pairwise_squared_distances(x[order]) if distances is None else distances[order]  # a copy either way
+    dist = dist[order]  # a copy (the caller's distances are not modified)
     dist.masked_fill_(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device), inf)
     near, near_to = dist.min(2)  # [B, L] each cluster's nearest-neighbour distance and slot
     state = _WardState(dist, near, near_to, mask.to(x.dtype), mask.clone(), slots.repeat(batch, 1))

@@ -32,12 +32,14 @@ def _first_min(row: np.ndarray) -> tuple:
 
 
 @_compiled
-def ward_labels_compiled(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+def ward_labels_compiled(dist: np.ndarray, mask: np.ndarray, k: int, non_finite: np.ndarray) -> np.ndarray:
     """Ward clustering down to (at most) ``k`` clusters per user.
 
     Args:
         dist: ``[B, L, L]`` squared Euclidean distances (float32 or float64); overwritten (pass a copy).
         mask: ``[B, L]`` True for real points.
+        non_finite: ``[B]`` bool, set True for each user with a NaN or inf distance between real points; that
+            user's labels are left at -1 (the caller raises). Shapes are not checked here (the caller does).
     Returns:
         ``[B, L]`` int64 labels: the slot of the cluster's surviving (lowest) member; -1 for padding.
     """
@@ -67,7 +69,11 @@ def ward_labels_compiled(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarr
             for j in range(length):
                 if i == j or not (live[i] and live[j]):
                     d[i, j] = inf
+                elif not np.isfinite(d[i, j]):
+                    non_finite[u] = True
             near[i], near_to[i] = _first_min(d[i])
+        if non_finite[u]:
+            continue
         for _ in range(n_points - k):
             first = np.argmin(near)  # first slot of the smallest nearest-neighbour distance
             second = near_to[first]
@@ -86,7 +92,10 @@ def ward_labels_compiled(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarr
             counts[a] = n_a + n_b
             parent[b] = a
             # nearest neighbours: clusters whose neighbour was a or b are recomputed from their row; any other
-            # live cluster moves to a+b if it is closer (or as close with a lower slot); a+b takes its row's min
+            # live cluster moves to a+b if it is closer (or as close with a lower slot); a+b takes its row's min.
+            # In exact arithmetic a+b is never as close as a neighbour other than a or b (Ward is reducible:
+            # D(c, a+b) >= min(D(c, a), D(c, b)), equal only if all of them tie, and then c's first-slot
+            # neighbour was a); the tie clause is the torch loop's, for ties that rounding makes.
             for c in range(length):
                 stale[c] = live[c] and c != a and (near_to[c] == a or near_to[c] == b)
             for c in range(length):
