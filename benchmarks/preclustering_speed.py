@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -119,12 +120,10 @@ def main() -> None:
         torch.equal(ward_labels(h, m, k, distances=d), ward_labels(h, m, k, distances=d, implementation="torch"))
         for h, m, d in [(x, mask, distances), *trained]
     )
-
-    def median(prefix: str) -> float:
-        times = sorted(best[f"{prefix}{i}"] for i in range(len(trained)))
-        return times[len(times) // 2]
-
-    trained_seconds, torch_trained_seconds = median("training_batch_"), median("torch_training_batch_")
+    trained_seconds, torch_trained_seconds = (
+        statistics.median_high(best[f"{prefix}{i}"] for i in range(len(trained)))
+        for prefix in ("training_batch_", "torch_training_batch_")
+    )
     mean_length = float(torch.cat([m.sum(1) for _, m, _ in trained]).float().mean())
     gflops = reference_gflops()
     ward_seconds, merge_seconds = best["lance_williams"], best["given_distances"]

@@ -61,15 +61,23 @@ def _check_ward_input(
             f"distances must be [B, L, L] = {[batch, length, length]} of the points' dtype and device "
             f"({x.dtype}, {x.device}), got {list(distances.shape)} {distances.dtype} on {distances.device}"
         )
-    if implementation == "compiled" and (x.device.type != "cpu" or x.dtype not in COMPILED_DTYPES):
+    if implementation == "compiled" and not _compilable(x):
         raise ValueError(f"the compiled Ward takes CPU float32/float64 points, got {x.dtype} on {x.device}")
 
 
-def _check_finite(dist: torch.Tensor, mask: torch.Tensor, bad: torch.Tensor | None = None) -> None:
-    """``dist [B, L, L]`` must be finite between real points (padding may hold anything); ``bad [B]``: the users
-    found non-finite already (the compiled kernel checks as it goes)."""
-    if bad is None:
-        bad = (~torch.isfinite(dist) & mask[:, :, None] & mask[:, None, :]).flatten(1).any(1)  # [B]
+def _compilable(x: torch.Tensor) -> bool:
+    """Whether the compiled kernel takes these points (CPU, float32 or float64)."""
+    return x.device.type == "cpu" and x.dtype in COMPILED_DTYPES
+
+
+def _non_finite_users(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` True for users with a NaN or inf in ``dist [B, L, L]`` between real points (padding may hold
+    anything)."""
+    return (~torch.isfinite(dist) & mask[:, :, None] & mask[:, None, :]).flatten(1).any(1)
+
+
+def _refuse_non_finite(bad: torch.Tensor) -> None:
+    """An error naming the users flagged in ``bad [B]``, if any."""
     if bool(bad.any()):
         users = torch.nonzero(bad).flatten()[:5].tolist()
         raise ValueError(
@@ -115,16 +123,16 @@ def ward_labels(
     """
     _check_ward_input(x, mask, k, distances, implementation)
     batch, length, _ = x.shape
-    if implementation != "torch" and x.device.type == "cpu" and x.dtype in COMPILED_DTYPES:
+    dist = pairwise_squared_distances(x.detach()) if distances is None else distances.detach()
+    if implementation != "torch" and _compilable(x):
         from lightning_retrieval.models.interests.ward_kernel import ward_labels_compiled
 
-        dist = pairwise_squared_distances(x.detach()) if distances is None else distances.detach().clone()
-        bad = torch.zeros(batch, dtype=torch.bool)
-        labels = ward_labels_compiled(dist.contiguous().numpy(), mask.contiguous().numpy(), int(k), bad.numpy())
-        _check_finite(dist, mask, bad)
+        work = (dist.clone() if distances is not None else dist).contiguous().numpy()  # the kernel overwrites it
+        bad = torch.zeros(batch, dtype=torch.bool)  # the kernel flags non-finite users as it reads their distances
+        labels = ward_labels_compiled(work, mask.contiguous().numpy(), int(k), bad.numpy())
+        _refuse_non_finite(bad)
         return torch.from_numpy(labels)
-    dist = pairwise_squared_distances(x.detach()) if distances is None else distances.detach()
-    _check_finite(dist, mask)
+    _refuse_non_finite(_non_finite_users(dist, mask))
     device, inf = x.device, float("inf")
     slots = torch.arange(length, device=device)
     merges = (mask.sum(1) - k).clamp(min=0)  # [B] merge steps of each user
